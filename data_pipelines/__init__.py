@@ -1,0 +1,1 @@
+"""pdefm data layer: PDE solvers, corpora, streaming mixtures, semigroup pairs, user file formats."""

@@ -1,0 +1,1 @@
+"""pdefm adaptation layer: few-shot full, LoRA, meta-learned and PhysGuard fine-tuning."""
