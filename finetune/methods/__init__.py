@@ -1,0 +1,1 @@
+"""Adaptation methods: full (Poseidon's recipe), LoRA (peft), meta (LeMON-style), PhysGuard (Fisher projection)."""

@@ -1,0 +1,193 @@
+"""PhysGuard: fine-tune while projecting gradients off the Fisher directions of the simulation data.
+
+Offline, once (lemon_physguard notes §8): per-sample gradients g_i of the loss on N simulation
+(pretraining) examples, batch size 1, with `torch.func` (vmap over grad) where the model allows it and a
+plain autograd loop otherwise; for each parameter tensor m the Gram matrix K = G G^T (N x N, G = [g_i]),
+its eigen-decomposition, the smallest rank k whose eigenvalues hold a fraction `tau` of the energy
+(capped at `max_rank`), and the lifted basis U = G^T V_k, re-orthonormalised: the top eigenvectors of
+the empirical Fisher G^T G. The bases are cached to safetensors.
+
+Every fine-tuning step: g <- g - alpha U U^T g, after clipping and before the optimizer. With alpha = 1
+and plain SGD the update leaves the protected directions unchanged; AdamW's per-coordinate scaling
+does not preserve that exactly (as in the paper).
+
+Unlike the reference implementation, tensors with few entries are not special-cased (its
+"first k coordinates" rule); the Gram decomposition is used for every tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.func import functional_call, grad, vmap
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from finetune.trainer import FORWARD_KEYS
+
+BASIS_FILE = "physguard_basis.safetensors"
+
+
+@dataclass
+class PhysGuardOptions:
+    """tau: energy cutoff; alpha: projection strength; n_samples: simulation examples; max_rank: cap per tensor.
+
+    `protected` restricts protection to parameters whose name contains one of the substrings (empty = all).
+    """
+
+    tau: float = 0.9
+    alpha: float = 1.0
+    n_samples: int = 200
+    max_rank: int = 200
+    protected: tuple[str, ...] = ()
+    chunk_size: int = 8
+    storage_dtype: torch.dtype = torch.float16
+    seed: int = 0
+
+
+def _protected_names(model: nn.Module, substrings: Sequence[str]) -> list[str]:
+    return [
+        n
+        for n, p in model.named_parameters()
+        if p.requires_grad and (not substrings or any(s in n for s in substrings))
+    ]
+
+
+def _sample(data: Dataset, n: int, seed: int) -> Dataset:
+    if len(data) <= n:
+        return data
+    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    return Subset(data, idx)
+
+
+def per_sample_gradients(
+    model: nn.Module,
+    data: Dataset,
+    names: Sequence[str],
+    *,
+    chunk_size: int = 8,
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, torch.Tensor]:
+    """Flattened gradients of the single-example loss, `{name: [N, numel]}` on CPU in `dtype`.
+
+    Uses vmap(grad(loss)) over chunks of examples; falls back to one autograd pass per example when the
+    model's forward cannot be vmapped (data-dependent indexing, in-place writes).
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    params = {n: p.detach() for n, p in model.named_parameters() if n in set(names)}
+    buffers = dict(model.named_buffers())
+
+    def loss_one(p, example):
+        batch = {k: v.unsqueeze(0) for k, v in example.items()}
+        return functional_call(model, (p, buffers), args=(), kwargs=batch, strict=False).loss
+
+    per_chunk = vmap(grad(loss_one), in_dims=(None, 0), randomness="same")
+    out: dict[str, list[torch.Tensor]] = {n: [] for n in params}
+    use_vmap = True
+    for batch in DataLoader(data, batch_size=chunk_size, shuffle=False):
+        batch = {k: batch[k].to(device) for k in FORWARD_KEYS if k in batch}
+        grads = None
+        if use_vmap:
+            try:
+                grads = per_chunk(params, batch)
+            except (RuntimeError, NotImplementedError, ValueError):
+                use_vmap = False
+        if grads is None:
+            rows = [
+                torch.func.grad(loss_one)(params, {k: v[i] for k, v in batch.items()})
+                for i in range(len(batch["time"]))
+            ]
+            grads = {n: torch.stack([r[n] for r in rows]) for n in params}
+        for n, g in grads.items():
+            out[n].append(g.reshape(g.shape[0], -1).to("cpu", dtype))
+    model.train(was_training)
+    return {n: torch.cat(chunks) for n, chunks in out.items()}
+
+
+def protected_basis(gradients: torch.Tensor, tau: float, max_rank: int) -> torch.Tensor:
+    """Orthonormal basis `[d, k]` of the top Fisher directions from per-sample gradients `[N, d]`.
+
+    k is the smallest count whose Gram eigenvalues hold a fraction `tau` of the total (tau <= 0: the cap),
+    capped at min(max_rank, N, d) and at the numerical rank; k = 0 when the gradients vanish.
+    """
+    G = gradients.to(torch.float64)
+    n, d = G.shape
+    lam, V = torch.linalg.eigh(G @ G.T)
+    lam, V = lam.flip(0).clamp_min(0.0), V.flip(1)
+    total = float(lam.sum())
+    cap = min(max_rank, n, d)
+    if total <= 0.0 or cap == 0:
+        return torch.zeros(d, 0, dtype=torch.float32)
+    rank = int((lam > lam[0] * max(n, d) * torch.finfo(torch.float32).eps).sum())
+    if tau > 0:
+        k = int(torch.searchsorted(torch.cumsum(lam, 0) / total, torch.tensor(tau, dtype=torch.float64))) + 1
+    else:
+        k = cap
+    k = max(1, min(k, cap, rank))
+    U = G.T @ V[:, :k]
+    U, _ = torch.linalg.qr(U / U.norm(dim=0, keepdim=True))
+    return U.to(torch.float32)
+
+
+def compute_bases(
+    model: nn.Module, sim_data: Dataset, options: PhysGuardOptions | None = None
+) -> dict[str, torch.Tensor]:
+    """Protected bases `{parameter name: U [numel, k]}` from `n_samples` simulation examples (k = 0 omitted)."""
+    opts = options or PhysGuardOptions()
+    names = _protected_names(model, opts.protected)
+    if not names:
+        raise ValueError(f"PhysGuard: no trainable parameter matches protected={list(opts.protected)}")
+    data = _sample(sim_data, opts.n_samples, opts.seed)
+    grads = per_sample_gradients(model, data, names, chunk_size=opts.chunk_size, dtype=opts.storage_dtype)
+    bases = {n: protected_basis(grads.pop(n), opts.tau, opts.max_rank) for n in names}
+    return {n: U for n, U in bases.items() if U.shape[1] > 0}
+
+
+def save_bases(bases: dict[str, torch.Tensor], path: str | Path, options: PhysGuardOptions) -> Path:
+    """Caches the bases to safetensors with the options that produced them as metadata."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"tau": str(options.tau), "n_samples": str(options.n_samples), "max_rank": str(options.max_rank)}
+    save_file({n: U.contiguous() for n, U in bases.items()}, str(path), metadata=meta)
+    return path
+
+
+def load_bases(path: str | Path, model: nn.Module) -> dict[str, torch.Tensor]:
+    """Bases cached by `save_bases`, checked against `model`'s parameter names and sizes."""
+    bases = load_file(str(path))
+    params = dict(model.named_parameters())
+    for name, U in bases.items():
+        if name not in params:
+            raise ValueError(
+                f"{path}: basis for {name!r}, which is not a parameter of {type(model).__name__}"
+            )
+        if U.ndim != 2 or U.shape[0] != params[name].numel():
+            raise ValueError(
+                f"{path}: basis {name!r} has shape {tuple(U.shape)}, expected [{params[name].numel()}, k] "
+                f"for parameter shape {tuple(params[name].shape)}"
+            )
+    return bases
+
+
+class Projector:
+    """The gradient transform g <- g - alpha U U^T g for every parameter with a protected basis."""
+
+    def __init__(self, model: nn.Module, bases: dict[str, torch.Tensor], alpha: float = 1.0):
+        params = dict(model.named_parameters())
+        device = next(model.parameters()).device
+        self.alpha = alpha
+        self.targets = [(params[n], U.to(device)) for n, U in bases.items()]
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module) -> None:
+        for p, U in self.targets:
+            if p.grad is None:
+                continue
+            g = p.grad.view(-1)
+            g.sub_(U @ (U.T @ g), alpha=self.alpha)
