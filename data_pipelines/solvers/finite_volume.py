@@ -29,10 +29,10 @@ class ConservationLaw(Protocol):
         """Conservative ``[B, C, H, W]`` -> primitive variables."""
 
     def flux_x(self, wl: Tensor, wr: Tensor) -> Tensor:
-        """Numerical x-flux (conservative variables) between left/right primitive face states."""
+        """Numerical x-flux (conservative variables) between primitive face states ``[B, C, ...]``."""
 
     def signal_speed(self, w: Tensor) -> Tensor:
-        """Sound (or gravity-wave) speed ``[B, H, W]`` of primitive state ``w``."""
+        """Sound (or gravity-wave) speed ``[B, ...]`` of primitive state ``w [B, C, ...]``."""
 
 
 def minmod(a: Tensor, b: Tensor) -> Tensor:
@@ -68,7 +68,7 @@ def hllc_flux(
 ) -> Tensor:
     """HLLC flux (Toro, ch. 10) from the two outer states/fluxes, their star states and wave speeds.
 
-    Speeds are ``[B, H, W]``; states and fluxes ``[B, C, H, W]``.
+    Speeds are ``[B, ...]``; states and fluxes ``[B, C, ...]``.
     """
     sl, sr, sstar = sl.unsqueeze(1), sr.unsqueeze(1), sstar.unsqueeze(1)
     fstar_l = fl + sl * (ustar_l - ql)
@@ -77,13 +77,20 @@ def hllc_flux(
 
 
 def rhs(q: Tensor, law: ConservationLaw, dx: float, dy: float) -> Tensor:
-    """dq/dt = -(dF/dx + dG/dy) with MUSCL faces and the law's numerical flux on a periodic grid."""
+    """dq/dt = -(dF/dx + dG/dy) with MUSCL faces and the law's numerical flux on a periodic grid.
+
+    The x-faces and the (velocity-swapped) y-faces go through one flux call, flattened side by side.
+    """
     w = law.primitive(q)
-    fx = law.flux_x(*muscl_faces(w, -1))
-    out = (fx.roll(1, -1) - fx) / dx
-    wy = swap_velocity(w)
-    gy = swap_velocity(law.flux_x(*muscl_faces(wy, -2)))
-    return out + (gy.roll(1, -2) - gy) / dy
+    batch, channels, height, width = w.shape
+    xl, xr = muscl_faces(w, -1)
+    yl, yr = muscl_faces(swap_velocity(w), -2)
+    flux = law.flux_x(
+        torch.cat([xl.flatten(2), yl.flatten(2)], dim=-1), torch.cat([xr.flatten(2), yr.flatten(2)], dim=-1)
+    )
+    fx, gy = (f.view(batch, channels, height, width) for f in flux.split(height * width, dim=-1))
+    gy = swap_velocity(gy)
+    return (fx.roll(1, -1) - fx) / dx + (gy.roll(1, -2) - gy) / dy
 
 
 def stable_step(q: Tensor, law: ConservationLaw, dx: float, dy: float, cfl: float) -> Tensor:
@@ -107,12 +114,14 @@ def evolve(
     law: ConservationLaw,
     times: Sequence[float],
     cfl: float = 0.4,
+    dt: float | None = None,
     max_steps: int = 1_000_000,
 ) -> Tensor:
     """Integrate primitive initial data ``w0 [B, C, H, W]`` on the periodic unit square.
 
     Returns primitive snapshots ``[B, T, C, H, W]`` at ``times`` (increasing, ``times[0] = 0``).
-    Each trajectory takes its own CFL step, shortened so that every snapshot time is hit exactly.
+    Each trajectory takes its own CFL step (or the fixed ``dt``), shortened so that every snapshot
+    time is hit exactly.
     """
     if w0.dim() != 4:
         raise ValueError(f"finite-volume state: expected [B, C, H, W], got shape {tuple(w0.shape)}")
@@ -128,13 +137,16 @@ def evolve(
             remaining = target - t
             if bool((remaining <= 0).all()):
                 break
-            dt_cfl = stable_step(q, law, dx, dy, cfl).to(torch.float64)
+            if dt is None:
+                dt_cfl = stable_step(q, law, dx, dy, cfl).to(torch.float64)
+            else:
+                dt_cfl = torch.full_like(t, dt)
             if not bool(torch.isfinite(dt_cfl).all()):
                 raise FloatingPointError(f"finite-volume solve blew up before t={target} (non-finite state)")
             n = torch.ceil(remaining / dt_cfl).clamp(min=1)
-            dt = torch.where(remaining > 0, remaining / n, torch.zeros_like(remaining))
-            q = ssp_rk3(q, dt, lambda s: rhs(s, law, dx, dy))
-            t = torch.where(n <= 1, torch.full_like(t, target), t + dt)
+            step = torch.where(remaining > 0, remaining / n, torch.zeros_like(remaining))
+            q = ssp_rk3(q, step, lambda s: rhs(s, law, dx, dy))
+            t = torch.where(n <= 1, torch.full_like(t, target), t + step)
             steps += 1
             if steps > max_steps:
                 raise RuntimeError(f"finite-volume solve exceeded {max_steps} steps before t={target}")
@@ -142,36 +154,14 @@ def evolve(
     return torch.stack(snaps, dim=1)
 
 
-def periodic_offset(x: Tensor, centre: Tensor) -> Tensor:
-    """Signed periodic distance x - centre folded into [-1/2, 1/2) on the unit interval."""
-    return torch.remainder(x - centre + 0.5, 1.0) - 0.5
-
-
-def cell_centres(n: int, device: torch.device | str, dtype: torch.dtype) -> Tensor:
-    """Cell-centre coordinates (i + 1/2)/n of a uniform periodic grid on [0, 1)."""
-    return (torch.arange(n, device=device, dtype=dtype) + 0.5) / n
-
-
-def uniform_times(horizon: float, snapshots: int) -> list[float]:
-    """``snapshots`` equispaced times over [0, horizon] (a single snapshot is t = 0)."""
-    if snapshots < 1:
-        raise ValueError(f"snapshots: expected >= 1, got {snapshots}")
-    if snapshots == 1:
-        return [0.0]
-    return [horizon * k / (snapshots - 1) for k in range(snapshots)]
-
-
 __all__ = [
     "ConservationLaw",
-    "cell_centres",
     "evolve",
     "hllc_flux",
     "minmod",
     "muscl_faces",
-    "periodic_offset",
     "rhs",
     "ssp_rk3",
     "stable_step",
     "swap_velocity",
-    "uniform_times",
 ]

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import torch
 
-from data_pipelines.solvers.finite_volume import hllc_flux
+from data_pipelines.solvers.base import PDEFamily, SolveRequest
+from data_pipelines.solvers.finite_volume import evolve, hllc_flux
+from data_pipelines.solvers.gaussian_bumps import gaussian_bumps
+from data_pipelines.solvers.registry import register_family
 
 Tensor = torch.Tensor
 
@@ -61,3 +64,27 @@ class ShallowWater:
             sr,
             sstar,
         )
+
+
+@register_family
+class ShallowWaterBumps(PDEFamily):
+    """Gaussian dam-break mounds spreading over a flat bottom."""
+
+    name = "shallow_water"
+    fields = ("h", "u", "v")
+    coefficient_ranges = {"depth": (0.5, 1.5), "bump_height": (0.2, 1.0)}
+    horizon = 1.0
+    description = (
+        "Shallow water over a flat bottom, g = 1, periodic unit square, t in [0, 1]; HLLC finite volume, "
+        "minmod MUSCL, SSP-RK3, CFL 0.4. Initial data at rest: h = depth * (1 + sum_k a_k g_k) with "
+        "depth ~ U[0.5, 1.5], K ~ U{1..4} periodic gaussian mounds g_k of width U[0.04, 0.12] and "
+        "heights a_k = bump_height * U[0.3, 1], bump_height ~ U[0.2, 1]."
+    )
+
+    def solve(self, req: SolveRequest) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        rng, batch, n = req.rng, req.batch, req.resolution
+        coeffs = self.sample_coefficients(rng, batch)
+        amp = coeffs["bump_height"][:, None] * rng.uniform(0.3, 1.0, batch, 4)
+        h = coeffs["depth"][:, None, None] * (1.0 + gaussian_bumps(rng, batch, n, (1, 4), amp, (0.04, 0.12)))
+        w0 = torch.stack([h, torch.zeros_like(h), torch.zeros_like(h)], dim=1)
+        return evolve(w0, ShallowWater(), req.times.tolist(), dt=req.dt), coeffs
