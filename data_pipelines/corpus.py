@@ -358,3 +358,25 @@ def finalize_corpus(
     (root / "stats.json").write_text(json.dumps(stats, indent=1))
     write_card(root, stats, registry_families)
     return stats
+
+
+def push_corpus(root: str | Path, repo_id: str, private: bool = False) -> str:
+    """Uploads a corpus folder as a Hub dataset repo (then `load_dataset(repo_id, streaming=True)` works)."""
+    from huggingface_hub import HfApi
+
+    root = Path(root)
+    corpus_shards(root)
+    if not (root / "stats.json").exists():
+        raise CorpusError(
+            f"{root}: stats.json missing; finish the corpus (pdefm data generate) before pushing"
+        )
+    api = HfApi()
+    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    info = api.upload_folder(
+        folder_path=str(root),
+        repo_id=repo_id,
+        repo_type="dataset",
+        ignore_patterns=["*.tmp", ".cache/**"],
+        commit_message="pdefm corpus",
+    )
+    return info.commit_url if hasattr(info, "commit_url") else str(info)
