@@ -215,3 +215,21 @@ def evaluate(
         names = [",".join(fields[c] for c in g) if fields else ",".join(map(str, g)) for g in groups]
     errors = per_sample_errors(pred, target, mask=mask, groups=groups, bands=bands)
     return summarize(errors, names)
+
+
+def radial_error_spectrum(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """RMS error per integer radial wavenumber shell, averaged over samples and channels: (k, spectrum).
+
+    Shells k = round(|k|) for k < min(H, W) / 2; the squares of all shells plus the corner modes sum to
+    the mean squared error (Parseval), so the curve shows where in scale the error lives.
+    """
+    err = (torch.as_tensor(pred) - torch.as_tensor(target)).detach().to("cpu", torch.float64)
+    h, w = err.shape[-2:]
+    power = (torch.fft.fft2(err).abs() ** 2 / (h * w) ** 2).reshape(-1, h, w).mean(0)
+    ky = torch.fft.fftfreq(h, d=1.0 / h, dtype=torch.float64)
+    kx = torch.fft.fftfreq(w, d=1.0 / w, dtype=torch.float64)
+    shell = torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2).round().long()
+    k_max = min(h, w) // 2
+    keep = shell < k_max
+    spectrum = torch.zeros(k_max, dtype=torch.float64).index_add_(0, shell[keep], power[keep])
+    return torch.arange(k_max), torch.sqrt(spectrum)

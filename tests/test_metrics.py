@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from eval_suite.metrics import channel_groups, evaluate, per_sample_errors, summarize
+from eval_suite.metrics import channel_groups, evaluate, per_sample_errors, radial_error_spectrum, summarize
 
 
 def _grid(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,3 +141,13 @@ def test_bad_inputs_are_clear_errors():
         per_sample_errors(y, y, groups=[[0, 2]])
     with pytest.raises(ValueError, match="expected 2 names"):
         evaluate(y, y, fields=["a"])
+
+
+def test_radial_error_spectrum_peaks_at_the_error_mode():
+    x, yy = _grid(32)
+    err = 0.5 * torch.cos(2 * math.pi * (3 * x + 4 * yy))  # |k| = 5
+    target = torch.zeros(2, 1, 32, 32)
+    k, spectrum = radial_error_spectrum(target + err, target)
+    assert k.tolist() == list(range(16))
+    assert spectrum[5].item() == pytest.approx(0.5 / math.sqrt(2))
+    assert spectrum[torch.arange(16) != 5].abs().max() < 1e-9
