@@ -10,6 +10,7 @@ energy E = 1/2 sum(u_t^2 / c^2) + 1/2 sum(|grad u|^2) bounded with no drift. Ini
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 
 import torch
 
@@ -76,17 +77,6 @@ def integrate_wave(
     return torch.stack(us, dim=1), torch.stack(vs, dim=1)
 
 
-def wave_energy(u: Tensor, v: Tensor, c: Tensor) -> Tensor:
-    """Discrete energy 1/2 mean(v^2 / c^2) + 1/2 mean(|grad u|^2) (spectral gradient), ``[B]``.
-
-    Conserved exactly by the semi-discrete system; ``u, v`` are ``[B, H, W]``.
-    """
-    height, width = u.shape[-2:]
-    symbol = laplacian_symbol(height, width, u.device, u.dtype)
-    grad2 = -(u * torch.fft.irfft2(symbol * torch.fft.rfft2(u), s=(height, width)))
-    return 0.5 * (v * v / (c * c) + grad2).mean(dim=(-2, -1))
-
-
 def gaussian_pulses(rng: Sampler, batch: int, n: int) -> Tensor:
     """Initial displacement: 1-4 periodic gaussian pulses, amplitude +-U[0.5, 1], width U[0.03, 0.08]."""
     sign = torch.where(rng.uniform(0.0, 1.0, batch, 4) < 0.5, -1.0, 1.0)
@@ -97,9 +87,9 @@ class _WaveFamily(PDEFamily):
     fields = ("s", "c")
     horizon = 1.0
 
+    @abstractmethod
     def medium(self, rng: Sampler, coeffs: dict[str, Tensor], batch: int, n: int) -> Tensor:
         """Wave speed ``[B, n, n]`` for the sampled coefficients."""
-        raise NotImplementedError
 
     def solve(self, req: SolveRequest) -> tuple[Tensor, dict[str, Tensor]]:
         coeffs = self.sample_coefficients(req.rng, req.batch)
