@@ -2,9 +2,9 @@
 
 Fields ``[s, c]``: the displacement ``s`` (Poseidon's Wave-Layer/Wave-Gauss call it u; in pdefm's
 field vocabulary ``u`` is the x-velocity) and the time-independent wave speed ``c``. Space: Fourier
-pseudo-spectral Laplacian, then a pointwise product with c^2 (the non-divergence form of Poseidon's
-data). Time: the 4th-order symplectic Yoshida composition of velocity Verlet, which keeps the discrete
-energy E = 1/2 sum(u_t^2 / c^2) + 1/2 sum(|grad u|^2) bounded with no drift. Initial velocity u_t = 0.
+pseudo-spectral Laplacian times c^2 (non-divergence form, not div(c^2 grad u)). Time: the 4th-order
+symplectic Yoshida composition of velocity Verlet, which keeps the discrete energy
+E = 1/2 sum(u_t^2 / c^2) + 1/2 sum(|grad u|^2) bounded with no drift. Initial velocity u_t = 0.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ Tensor = torch.Tensor
 
 _W1 = 1.0 / (2.0 - 2.0 ** (1.0 / 3.0))
 YOSHIDA = (_W1, 1.0 - 2.0 * _W1, _W1)  # Verlet sub-step weights of the 4th-order composition
-STABILITY = 1.0  # max |omega| dt; Verlet needs < 2, so the largest Yoshida sub-step (1.35 dt) stays stable
+STABILITY = 1.0  # max |omega| dt: Verlet needs |omega h| < 2 and the largest Yoshida sub-step is 1.70 dt
 
 
 def laplacian_symbol(height: int, width: int, device: torch.device | str, dtype: torch.dtype) -> Tensor:
@@ -84,6 +84,8 @@ def gaussian_pulses(rng: Sampler, batch: int, n: int) -> Tensor:
 
 
 class _WaveFamily(PDEFamily):
+    """Shared solve of the wave families: sample the medium and the pulses, integrate, tile c over time."""
+
     fields = ("s", "c")
     horizon = 1.0
 
@@ -106,7 +108,8 @@ class WaveLayered(_WaveFamily):
     name = "wave_layered"
     coefficient_ranges = {"c_low": (0.3, 0.8), "contrast": (1.5, 3.0)}
     description = (
-        "u_tt = c(y)^2 Laplace(u), periodic unit square, t in [0, 1], u_t(0) = 0; Fourier Laplacian, "
+        "s_tt = c(y)^2 Laplace(s) for the displacement s (Poseidon's u), periodic unit square, t in [0, 1], "
+        "s_t(0) = 0; Fourier Laplacian, "
         "4th-order symplectic (Yoshida) time steps. Medium: K ~ U{3..6} horizontal layers with interfaces "
         "at uniform random heights (wrapping periodically), speeds U[c_low, c_low*contrast] with c_low ~ "
         "U[0.3, 0.8], contrast ~ U[1.5, 3]; interfaces smoothed by a gaussian of width 0.01. Initial "
@@ -152,7 +155,8 @@ class WaveGauss(_WaveFamily):
     name = "wave_gauss"
     coefficient_ranges = {"c_background": (0.4, 1.0), "bump_strength": (0.2, 0.8)}
     description = (
-        "u_tt = c(x, y)^2 Laplace(u), periodic unit square, t in [0, 1], u_t(0) = 0; Fourier Laplacian, "
+        "s_tt = c(x, y)^2 Laplace(s) for the displacement s (Poseidon's u), periodic unit square, "
+        "t in [0, 1], s_t(0) = 0; Fourier Laplacian, "
         "4th-order symplectic (Yoshida) time steps. Medium: c = c_background * exp(sum_k a_k g_k) with "
         "c_background ~ U[0.4, 1], K ~ U{2..6} periodic gaussians g_k of width U[0.05, 0.15] and "
         "a_k ~ U[-bump_strength, bump_strength], bump_strength ~ U[0.2, 0.8]. Initial displacement: 1-4 "
