@@ -36,6 +36,7 @@ class TrainConfig:
     grad_clip: float = 5.0
     warmup_steps: int = 0
     max_steps: int | None = None
+    optimizer: str = "adamw"
     seed: int = 0
     device: str = "cpu"
 
@@ -92,6 +93,15 @@ def default_param_groups(model: nn.Module, lr: float, weight_decay: float) -> li
     return [{"name": "all", "params": params, "lr": lr, "weight_decay": weight_decay}]
 
 
+def _make_optimizer(cfg: TrainConfig, groups: list[dict]) -> torch.optim.Optimizer:
+    """AdamW (the recipe) or plain SGD (for which PhysGuard's projection is exact in parameter space)."""
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"TrainConfig.optimizer must be 'adamw' or 'sgd', got {cfg.optimizer!r}")
+
+
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     """Copies of what training can change: trainable parameters and buffers (e.g. BatchNorm statistics)."""
     state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -130,7 +140,7 @@ def train(
         raise ValueError("train: no trainable parameters in the given parameter groups")
     if len(train_data) == 0:
         raise ValueError("train: the training set is empty")
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = _make_optimizer(cfg, groups)
     loader = DataLoader(
         train_data,
         batch_size=cfg.batch_size,
@@ -174,7 +184,7 @@ def train(
             scheduler.step()
             result.steps += 1
             n = batch["pixel_values"].shape[0]
-            running += float(loss) * n
+            running += float(loss.detach()) * n
             seen += n
         val_loss = evaluate(model, val_data, batch_size=cfg.batch_size, device=cfg.device)
         row = {
