@@ -1,8 +1,8 @@
 """Shared finite-volume machinery for 2D periodic conservation laws (Euler, shallow water).
 
-Second-order scheme: minmod-limited linear reconstruction of the primitive
-variables, an HLLC approximate Riemann solver at every face, and the three-stage strong-stability-
-preserving Runge-Kutta scheme (SSP-RK3, Shu & Osher 1988) with a CFL-adaptive step chosen per
+Second-order scheme: minmod-limited linear reconstruction of the primitive variables, an HLLC
+approximate Riemann solver at every face, and the three-stage strong-stability-preserving Runge-Kutta
+scheme (SSP-RK3, Shu & Osher 1988) with a CFL-adaptive step chosen per
 trajectory. Flux differences telescope on the periodic grid, so the conserved totals change only
 by round-off. States are ``[B, C, H, W]`` tensors: ``W`` is x (last axis), ``H`` is y; channel 1
 is the x-velocity (or x-momentum) and channel 2 the y-velocity, so a y-sweep is an x-sweep with
@@ -152,16 +152,3 @@ def evolve(
                 raise RuntimeError(f"finite-volume solve exceeded {max_steps} steps before t={target}")
         snaps.append(law.primitive(q))
     return torch.stack(snaps, dim=1)
-
-
-__all__ = [
-    "ConservationLaw",
-    "evolve",
-    "hllc_flux",
-    "minmod",
-    "muscl_faces",
-    "rhs",
-    "ssp_rk3",
-    "stable_step",
-    "swap_velocity",
-]
