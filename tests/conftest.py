@@ -8,25 +8,15 @@ The server itself starts lazily, once per session, on the port chosen here.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+from foundation.hub.process import LocalHub, free_port
 
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="pdefm-tests-"))
-HUB_PORT = _free_port()
+HUB_PORT = free_port()
 HUB_TOKEN = "pdefm-test-token"
 os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{HUB_PORT}"
 os.environ["HF_HOME"] = str(_SESSION_DIR / "hf_home")
@@ -37,32 +27,12 @@ os.environ.pop("HF_HUB_OFFLINE", None)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="session")
 def hub_server():
     """pdefm's Hub server as a real subprocess on loopback; yields its endpoint URL."""
-    root = _SESSION_DIR / "hub_root"
-    log = open(_SESSION_DIR / "hub_server.log", "wb")
-    cmd = [sys.executable, "-m", "foundation.hub.server", "--root", str(root), "--port", str(HUB_PORT)]
-    cmd += ["--token", HUB_TOKEN]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
-    endpoint = os.environ["HF_ENDPOINT"]
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"{endpoint}/api/whoami-v2", timeout=1)
-            break
-        except Exception:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"hub server did not start; see {log.name}") from None
-            time.sleep(0.2)
-    yield endpoint
-    proc.terminate()
-    proc.wait(timeout=10)
-    log.close()
+    with LocalHub(_SESSION_DIR / "hub_root", HUB_TOKEN, port=HUB_PORT) as hub:
+        yield hub.endpoint
 
 
 @pytest.fixture
