@@ -7,24 +7,25 @@ A group's module is imported only when that group runs (or when `pdefm --help` l
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
+from importlib.metadata import entry_points, version
 
-import click
 import typer
+from typer.core import TyperGroup
 
 ENTRY_POINT_GROUP = "pdefm.commands"
 
 
-class PluginGroup(click.Group):
-    """A click group whose subcommands are loaded lazily from entry points."""
+class PluginGroup(TyperGroup):
+    """A Typer group whose subcommands are loaded lazily from entry points."""
 
-    def _entry_points(self) -> dict:
+    @staticmethod
+    def _entry_points() -> dict:
         return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx) -> list[str]:
         return sorted(self._entry_points())
 
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+    def get_command(self, ctx, name: str):
         ep = self._entry_points().get(name)
         if ep is None:
             return None
@@ -36,9 +37,26 @@ class PluginGroup(click.Group):
         return command
 
 
-@click.group(cls=PluginGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="pdefm")
-def main() -> None:
+main = typer.Typer(
+    cls=PluginGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"pdefm {version('pdefm')}")
+        raise typer.Exit()
+
+
+@main.callback()
+def root(
+    show_version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
     """pdefm: PDE foundation models from data to few-shot evaluation.
 
     Start with `pdefm quickstart` (everything offline on one laptop), or run

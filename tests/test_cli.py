@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from click.testing import CliRunner
+from typer.testing import CliRunner
 
 from eval_suite.command_line import main
 
@@ -18,13 +18,18 @@ def test_help_lists_every_registered_group():
         assert name in result.output
 
 
+def test_version():
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0 and result.output.startswith("pdefm ")
+
+
 def test_unknown_command_is_a_clear_error():
     result = CliRunner().invoke(main, ["no-such-command"])
     assert result.exit_code != 0
     assert "No such command" in result.output
 
 
-@pytest.mark.parametrize("group", ["data", "hub", "eval"])
+@pytest.mark.parametrize("group", ["data", "hub", "eval", "finetune", "pretrain"])
 def test_group_help_runs_as_console_script(group):
     out = subprocess.run(
         [sys.executable, "-m", "eval_suite.command_line", group, "--help"], capture_output=True, text=True
