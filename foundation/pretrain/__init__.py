@@ -1,0 +1,1 @@
+"""Pretraining scOT on streamed multi-PDE corpora with accelerate: config, loop, checkpoints."""

@@ -1,0 +1,207 @@
+"""Pretraining: resume equals an uninterrupted run, SIGKILL loses nothing, damaged checkpoints are refused,
+2-process DDP through `accelerate launch`, and the final model goes to the Hub with its card."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import HfApi, ModelCard
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from foundation.pretrain.checkpointing import CheckpointError, latest_checkpoint
+from foundation.pretrain.config import PretrainConfig
+from foundation.pretrain.loop import pretrain
+from foundation.pretrain.optimization import parameter_groups
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory):
+    """A 2-family training corpus (8 trajectories each) and a held-out one from another seed, 32x32 grids."""
+    from data_pipelines.corpus import generate_corpus
+    from data_pipelines.solvers.registry import resolve_families
+
+    root = tmp_path_factory.mktemp("corpora")
+    families = resolve_families("diffusion,advection")
+    kw = dict(resolution=32, snapshots=5, progress=False)
+    generate_corpus(root / "train", families, trajectories=8, seed=0, shard_size=4, **kw)
+    generate_corpus(root / "heldout", families, trajectories=1, seed=1, shard_size=1, **kw)
+    return root / "train", root / "heldout"
+
+
+def _config(corpora, out: Path, **kw) -> PretrainConfig:
+    train, heldout = corpora
+    base = dict(
+        corpus=[str(train)],
+        eval_corpus=[str(heldout)],
+        eval_every=3,
+        out=str(out),
+        model_overrides={"image_size": 32},
+        max_steps=STEPS,
+        batch_size=4,
+        warmup_steps=2,
+        learning_rate=2e-3,
+        pairs_per_trajectory=2,
+        checkpoint_every=2,
+        log_with="tensorboard",
+        progress=False,
+    )
+    return PretrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def reference_run(corpora, tmp_path_factory):
+    """One uninterrupted run (the baseline every resumed run must reproduce)."""
+    out = tmp_path_factory.mktemp("reference")
+    return out, pretrain(_config(corpora, out))
+
+
+def test_reference_run_trains_and_logs(reference_run):
+    out, summary = reference_run
+    losses = summary["loss_history"]
+    assert summary["steps"] == STEPS and len(losses) == STEPS
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert len({round(x, 8) for x in losses}) > 1  # the weights move
+    assert [s for s, _ in summary["eval_history"]] == [3, 6]
+    assert list((out / "pdefm-pretrain").rglob("events.out.tfevents*")), "no TensorBoard log written"
+    assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-00000004", "step-00000006"]
+    final = load_file(out / "model" / "model.safetensors")
+    ckpt = load_file(out / "checkpoints" / "step-00000006" / "model" / "model.safetensors")
+    assert all(torch.equal(final[k], ckpt[k]) for k in final)
+
+
+def test_weight_decay_groups_follow_poseidon():
+    from foundation.pretrain.loop import build_model
+
+    model = build_model(
+        PretrainConfig(corpus=["unused"], model_overrides={"image_size": 32}), ["u", "v", "s"]
+    )
+    decay, plain = parameter_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert any(n.endswith("logit_scale") for n in decay["names"])
+    assert any(
+        n.startswith("residual_blocks") and n.endswith(".weight") and n.count(".") == 3
+        for n in decay["names"]
+    )
+    assert all("norm" in n or n.endswith("bias") for n in plain["names"])
+    assert any("layernorm_before.weight.weight" in n for n in plain["names"])  # conditioned norm's scale map
+    assert len(decay["names"]) + len(plain["names"]) == len(list(model.parameters()))
+
+
+def test_resume_matches_uninterrupted_run(corpora, reference_run, tmp_path):
+    _, reference = reference_run
+    out = tmp_path / "resumed"
+    first = pretrain(_config(corpora, out, max_minutes=0.0))  # stops (with a checkpoint) after one step
+    assert first["steps"] == 1
+    resumed = pretrain(_config(corpora, out, resume=True))
+    assert resumed["steps"] == STEPS
+    torch.testing.assert_close(
+        torch.tensor(resumed["loss_history"]), torch.tensor(reference["loss_history"]), rtol=1e-5, atol=1e-6
+    )
+    final, ref = (
+        load_file(out / "model" / "model.safetensors"),
+        load_file(Path(reference_run[0]) / "model" / "model.safetensors"),
+    )
+    for k in ref:
+        torch.testing.assert_close(final[k], ref[k], rtol=1e-4, atol=1e-6)
+
+
+def test_sigkill_then_resume_loses_nothing(corpora, reference_run, tmp_path):
+    out = tmp_path / "killed"
+    cfg = _config(corpora, out, checkpoint_every=1, log_with="none")
+    cfg_file = tmp_path / "pretrain.yaml"
+    import yaml
+
+    cfg_file.write_text(yaml.safe_dump(cfg.to_dict()))
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    cmd = [sys.executable, "-m", "eval_suite.command_line", "pretrain", "--config", str(cfg_file)]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while latest_checkpoint(out) is None or latest_checkpoint(out).name < "step-00000002":
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint within 120 s"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    killed_at = json.loads((latest_checkpoint(out) / "trainer_state.json").read_text())["step"]
+    assert 2 <= killed_at < STEPS
+    resumed = pretrain(_config(corpora, out, resume=True, checkpoint_every=1, log_with="none"))
+    torch.testing.assert_close(
+        torch.tensor(resumed["loss_history"]),
+        torch.tensor(reference_run[1]["loss_history"]),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+@pytest.mark.parametrize("victim", ["optimizer.pt", "model/model.safetensors"])
+def test_truncated_checkpoint_is_a_clear_error(corpora, reference_run, tmp_path, victim):
+    import shutil
+
+    out = tmp_path / "damaged"
+    shutil.copytree(reference_run[0] / "checkpoints", out / "checkpoints")
+    path = latest_checkpoint(out) / victim
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=f"{victim}.*truncated"):
+        pretrain(_config(corpora, out, resume=True))
+
+
+def test_push_checkpoint_with_model_card(hub_server, reference_run):
+    from eval_suite.command_line import main
+    from foundation.loading import load_model
+
+    out, summary = reference_run
+    result = CliRunner().invoke(main, ["push", str(out), "pdefm-tests/pretrained-tiny"])
+    assert result.exit_code == 0, result.output
+    files = set(HfApi().list_repo_files("pdefm-tests/pretrained-tiny"))
+    assert {"config.json", "model.safetensors", "training_args.json", "README.md"} <= files
+    card = ModelCard.load("pdefm-tests/pretrained-tiny")
+    assert card.data.library_name == "pdefm" and card.data.license == "apache-2.0"
+    assert card.data.pde_families == ["advection", "diffusion"]
+    assert card.data.training_steps == STEPS and card.data.training_trajectories == 16
+    assert card.data.final_eval_loss == pytest.approx(summary["final_eval_loss"])
+    assert "pdefm finetune --model" in card.text
+    model = load_model("pdefm-tests/pretrained-tiny")
+    local = load_file(out / "model" / "model.safetensors")
+    assert all(torch.equal(model.state_dict()[k], local[k]) for k in local)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_ddp_through_accelerate_launch(corpora, tmp_path):
+    out = tmp_path / "ddp"
+    out.mkdir()
+    accelerate = Path(sys.executable).with_name("accelerate")
+    cmd = [
+        str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+        str(REPO_ROOT / "tests" / "scripts" / "ddp_pretrain.py"), str(corpora[0]), str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [json.loads((out / f"rank-{r}.json").read_text()) for r in range(2)]
+    for rank in ranks:
+        assert rank["num_processes"] == 2 and rank["distributed_type"] == "MULTI_CPU"
+        assert rank["ddp"]
+    ids0, ids1 = set(ranks[0]["ids"]), set(ranks[1]["ids"])
+    assert ids0 and ids1 and not ids0 & ids1  # disjoint shares ...
+    assert len(ids0 | ids1) == 16  # ... covering the corpus (4 steps x 2 ranks x 2 examples = one epoch)
+    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
