@@ -1,0 +1,84 @@
+"""Report figures (matplotlib, Agg backend): field panels, error spectra, few-shot and scaling curves."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_fields(pred, target, fields: Sequence[str], path: Path, title: str = "") -> Path:
+    """One row per channel: prediction, truth (shared colour scale) and their difference, for one sample."""
+    pred, target = np.asarray(pred), np.asarray(target)
+    rows = len(fields)
+    fig, axes = plt.subplots(rows, 3, figsize=(9, 2.8 * rows), squeeze=False)
+    for c, name in enumerate(fields):
+        lo, hi = float(min(pred[c].min(), target[c].min())), float(max(pred[c].max(), target[c].max()))
+        err = pred[c] - target[c]
+        bound = float(np.abs(err).max()) or 1.0
+        panels = [("prediction", pred[c], "viridis", lo, hi), ("truth", target[c], "viridis", lo, hi)]
+        panels.append(("error", err, "RdBu_r", -bound, bound))
+        for ax, (label, img, cmap, vmin, vmax) in zip(axes[c], panels, strict=True):
+            im = ax.imshow(img, origin="lower", cmap=cmap, vmin=vmin, vmax=vmax)
+            ax.set_title(f"{name}: {label}", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def plot_spectra(spectra: Mapping[str, tuple], path: Path, title: str = "error spectrum") -> Path:
+    """RMS error per radial wavenumber shell, one line per candidate, log y axis."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, (k, s) in spectra.items():
+        k, s = np.asarray(k), np.asarray(s)
+        ax.semilogy(k[s > 0], s[s > 0], marker=".", label=name)
+    ax.set_xlabel("radial wavenumber |k|")
+    ax.set_ylabel("RMS error in shell")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_curves(
+    curves: Mapping[str, Mapping[float, tuple[float, float]]],
+    path: Path,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    fits: Mapping[str, object] | None = None,
+) -> Path:
+    """Error against x on log-log axes with error bars (mean, std); optional fitted laws drawn dashed."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, curve in curves.items():
+        xs = np.array(sorted(curve), dtype=float)
+        mean = np.array([curve[x][0] for x in sorted(curve)])
+        std = np.array([curve[x][1] for x in sorted(curve)])
+        line = ax.errorbar(xs, mean, yerr=std, marker="o", capsize=3, label=name)
+        fit = (fits or {}).get(name)
+        if fit is not None and len(xs) > 1:
+            grid = np.geomspace(xs.min(), xs.max(), 100)
+            ax.plot(grid, fit.predict(grid), "--", color=line[0].get_color(), alpha=0.7)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    return _save(fig, path)

@@ -1,0 +1,61 @@
+"""A study's report folder: report.md (Markdown tables and figures) and metrics.json."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+
+def _clean(obj):
+    """JSON-safe: NaN/inf become null (strict JSON has no NaN), tuples become lists, keys strings."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def fmt(value, digits: int = 4) -> str:
+    """A number for a table cell; missing values show as n/a."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
+    """A Markdown table; cells go through `fmt`."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def environment() -> dict:
+    """Where the study ran, for the record."""
+    return {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.platform()}
+
+
+def write_report(out: Path, title: str, sections: Sequence[tuple[str, str]], metrics: dict) -> Path:
+    """Writes `out/report.md` (title, then (heading, body) sections, figures linked relative) and metrics.json."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(_clean(metrics), indent=2, allow_nan=False) + "\n")
+    body = [f"# {title}", ""]
+    for heading, text in sections:
+        body += [f"## {heading}", "", text.rstrip(), ""]
+    path = out / "report.md"
+    path.write_text("\n".join(body))
+    return path
+
+
+def figure(path: Path, out: Path, caption: str) -> str:
+    """A Markdown image link relative to the report folder."""
+    return f"![{caption}]({Path(path).relative_to(out).as_posix()})"

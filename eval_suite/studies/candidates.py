@@ -1,0 +1,97 @@
+"""Candidates of a study, each trained on the same few shots with the same budget by the finetune loop.
+
+A method adapts a pretrained checkpoint ("full": Poseidon's recipe; "lora": peft adapters); a baseline
+("fno", "unet", "scot_scratch") starts from a seeded random initialisation. All use one step budget,
+one batch size, the same all2all pairs and the same normalisation (fitted on the training shots).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from data_pipelines.normalization import Normalizer
+from data_pipelines.trajectory import Trajectory
+from eval_suite.baselines.registry import build_baseline, list_baselines
+from eval_suite.protocol import TrainedOperator, loss_slices
+from finetune.channels import load_for_fields
+from finetune.data import pair_dataset
+from finetune.methods import full, lora
+from finetune.trainer import TrainConfig, TrainResult, train
+
+METHODS = ("full", "lora")
+
+
+@dataclass
+class Budget:
+    """What every candidate gets: epochs (capped by max_steps), batch size, baseline learning rate, pairs."""
+
+    epochs: int = 20
+    max_steps: int | None = None
+    batch_size: int = 8
+    lr: float = 5e-4
+    stride: int = 1
+    device: str = "cpu"
+
+    def train_config(self, seed: int) -> TrainConfig:
+        return TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            max_steps=self.max_steps,
+            seed=seed,
+            device=self.device,
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_candidates(names: Sequence[str], model: str | None) -> None:
+    """Known names only, and a checkpoint wherever a method needs one."""
+    known = (*METHODS, *list_baselines())
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(
+            f"unknown candidates {unknown}; methods: {list(METHODS)}, baselines: {list_baselines()}"
+        )
+    if model is None and any(n in METHODS for n in names):
+        raise ValueError(
+            f"methods {[n for n in names if n in METHODS]} adapt a pretrained checkpoint: pass --model"
+        )
+
+
+def pretrained_operator(model: str, fields: Sequence[str], normalizer: Normalizer | None) -> TrainedOperator:
+    """The checkpoint as it is (zero-shot): the data's fields must fit its channel layout."""
+    net, layout = load_for_fields(model, fields, allow_surgery=False)
+    return TrainedOperator(net, tuple(layout), normalizer)
+
+
+def fit_candidate(
+    name: str,
+    train_trajs: Sequence[Trajectory],
+    val_trajs: Sequence[Trajectory],
+    *,
+    budget: Budget,
+    seed: int,
+    model: str | None = None,
+) -> tuple[TrainedOperator, TrainResult]:
+    """Build candidate `name`, train it on the all2all pairs of `train_trajs` and keep its best validation epoch."""
+    check_candidates([name], model)
+    fields = list(train_trajs[0].fields)
+    normalizer = Normalizer.from_trajectories(train_trajs)
+    groups = None
+    if name in METHODS:
+        net, layout = load_for_fields(model, fields)
+        if name == "full":
+            groups = full.poseidon_param_groups(net)
+        else:
+            net = lora.wrap(net)
+            groups = lora.param_groups(net)
+    else:
+        layout = fields
+        net = build_baseline(name, len(layout), channel_slices=loss_slices(layout), seed=seed)
+    train_set = pair_dataset(train_trajs, layout, normalizer, stride=budget.stride)
+    val_set = pair_dataset(val_trajs, layout, normalizer, stride=budget.stride)
+    result = train(net, train_set, val_set, config=budget.train_config(seed), param_groups=groups)
+    return TrainedOperator(net, tuple(layout), normalizer), result

@@ -1,0 +1,247 @@
+"""Few-shot study: error against number of training trajectories for methods and baselines, several seeds,
+with Poseidon's accuracy and efficiency gains over FNO and the checkpoint's zero-shot error alongside.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from data_pipelines.normalization import Normalizer
+from data_pipelines.trajectory import Trajectory
+from eval_suite import plots
+from eval_suite.gains import accuracy_gain, efficiency_gain
+from eval_suite.metrics import METRICS, radial_error_spectrum
+from eval_suite.protocol import Forecast, TrainedOperator, forecast, score
+from eval_suite.report import environment, figure, fmt, table, write_report
+from eval_suite.studies.candidates import (
+    METHODS,
+    Budget,
+    check_candidates,
+    fit_candidate,
+    pretrained_operator,
+)
+from eval_suite.studies.splits import draw_shots, split_test
+from finetune.data import load_trajectories, select_fields
+
+HEADLINE = "rel_l1"
+
+
+@dataclass
+class FewShotConfig:
+    """What to run: shot counts, seeds, candidates (methods and baselines), splits and evaluation mode."""
+
+    shots: list[int] = field(default_factory=lambda: [2, 4, 8, 16, 32, 64])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    candidates: list[str] = field(default_factory=lambda: ["full", "fno", "unet", "scot_scratch"])
+    n_val: int = 2
+    n_test: int = 8
+    mode: str = "direct"
+    rollout_stride: int = 1
+    fields: list[str] | None = None
+    split_seed: int = 0
+    budget: Budget = field(default_factory=Budget)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def evaluate_operator(
+    op: TrainedOperator, test: Sequence[Trajectory], config: FewShotConfig
+) -> tuple[dict, Forecast]:
+    """Summary of every metric of `op` on the test trajectories, and the forecast itself (for figures)."""
+    fc = forecast(op, test, mode=config.mode, stride=config.rollout_stride)
+    return score(fc)[0], fc
+
+
+def _aggregate(summaries: list[dict]) -> tuple[dict, dict]:
+    """Mean and std over seeds of each metric's median over test samples."""
+    mean, std = {}, {}
+    for name in METRICS:
+        values = np.array([s[name]["median"] for s in summaries], dtype=float)
+        ok = values[np.isfinite(values)]
+        mean[name] = float(ok.mean()) if len(ok) else float("nan")
+        std[name] = float(ok.std()) if len(ok) else float("nan")
+    return mean, std
+
+
+def _last(fc: Forecast):
+    """The final prediction and target (the last rollout step) of every test sample."""
+    return (fc.pred[:, -1], fc.target[:, -1]) if fc.pred.ndim == 5 else (fc.pred, fc.target)
+
+
+def run_few_shot(
+    data: str | Path | Sequence[Trajectory],
+    out: str | Path,
+    *,
+    model: str | None = None,
+    config: FewShotConfig | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> dict:
+    """Run the study and write `out/report.md`, `out/metrics.json` and PNG figures; returns the metrics."""
+    cfg = config or FewShotConfig()
+    check_candidates(cfg.candidates, model)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    trajs = select_fields(load_trajectories(data), cfg.fields)
+    pool, test = split_test(trajs, cfg.n_test, cfg.split_seed)
+    shots = sorted(set(cfg.shots))
+    draw_shots(pool, shots[-1], cfg.n_val, cfg.seeds[0])  # fail before any training if the data is too small
+
+    results: dict = {name: {} for name in cfg.candidates}
+    keep: dict[str, Forecast] = {}
+    for name in cfg.candidates:
+        for n in shots:
+            runs = {}
+            for seed in cfg.seeds:
+                log(f"few-shot: {name} with {n} trajectories, seed {seed}")
+                train, val = draw_shots(pool, n, cfg.n_val, seed)
+                op, history = fit_candidate(name, train, val, budget=cfg.budget, seed=seed, model=model)
+                summary, fc = evaluate_operator(op, test, cfg)
+                train_record = {"steps": history.steps, "best_epoch": history.best_epoch}
+                runs[seed] = {
+                    "summary": summary,
+                    "train": train_record | {"best_val_loss": history.best_val_loss},
+                }
+                if n == shots[-1] and seed == cfg.seeds[0]:
+                    keep[name] = fc
+            mean, std = _aggregate([r["summary"] for r in runs.values()])
+            results[name][n] = {"seeds": runs, "mean": mean, "std": std}
+
+    zero_shot = {}
+    if model is not None and any(c in METHODS for c in cfg.candidates):
+        try:
+            op = pretrained_operator(model, trajs[0].fields, Normalizer.from_trajectories(pool))
+            zero_shot = {
+                "summary": evaluate_operator(op, test, cfg)[0],
+                "normalization": "statistics of the pool",
+            }
+        except ValueError as err:  # the data's fields do not fit the checkpoint without new layers
+            zero_shot = {"unavailable": str(err)}
+
+    curves = {name: {n: results[name][n]["mean"][HEADLINE] for n in shots} for name in cfg.candidates}
+    gains = _gains(curves, shots)
+    metrics = {
+        "study": "few-shot",
+        "model": model,
+        "data": data if isinstance(data, (str, Path)) else f"{len(trajs)} trajectories",
+        "fields": list(test[0].fields),
+        "n_trajectories": len(trajs),
+        "config": cfg.to_dict(),
+        "headline": f"{HEADLINE}: median over test samples, mean +- std over seeds",
+        "results": results,
+        "curves": curves,
+        "zero_shot": zero_shot,
+        **gains,
+        "environment": environment(),
+    }
+    figures = _figures(results, keep, shots, out)
+    write_report(out, "Few-shot study", _sections(metrics, results, shots, figures, out), metrics)
+    return metrics
+
+
+def _gains(curves: dict, shots: list[int]) -> dict:
+    """AG and EG of every other candidate over FNO at S = the largest shot count (when FNO was run)."""
+    if "fno" not in curves:
+        return {"accuracy_gain_over_fno": {}, "efficiency_gain_over_fno": {}, "gain_samples": None}
+    fno = curves["fno"]
+    ag, eg = {}, {}
+    for name, curve in curves.items():
+        if not all(np.isfinite(v) and v > 0 for v in [*curve.values(), *fno.values()]):
+            continue
+        ag[name] = accuracy_gain(curve, fno, samples=shots[-1])
+        eg[name] = efficiency_gain(curve, fno, samples=shots[-1]).to_dict()
+    return {"accuracy_gain_over_fno": ag, "efficiency_gain_over_fno": eg, "gain_samples": shots[-1]}
+
+
+def _figures(results: dict, keep: dict[str, Forecast], shots: list[int], out: Path) -> dict[str, Path]:
+    curves = {
+        name: {n: (results[name][n]["mean"][HEADLINE], results[name][n]["std"][HEADLINE]) for n in shots}
+        for name in results
+    }
+    figs = {
+        "curve": plots.plot_curves(
+            curves,
+            out / "few_shot_curve.png",
+            xlabel="training trajectories",
+            ylabel="median relative L1 error",
+            title="few-shot error (mean +- std over seeds)",
+        )
+    }
+    spectra = {}
+    for name, fc in keep.items():
+        pred, target = _last(fc)
+        figs[f"fields_{name}"] = plots.plot_fields(
+            pred[0],
+            target[0],
+            fc.fields,
+            out / f"fields_{name}.png",
+            f"{name}, {shots[-1]} trajectories, test sample 0",
+        )
+        spectra[name] = radial_error_spectrum(pred, target)
+    figs["spectra"] = plots.plot_spectra(
+        spectra, out / "error_spectra.png", f"error spectra at {shots[-1]} trajectories"
+    )
+    return figs
+
+
+def _sections(metrics: dict, results: dict, shots: list[int], figs: dict[str, Path], out: Path) -> list:
+    cfg = metrics["config"]
+    setup = "\n".join(
+        [
+            f"- data: `{metrics['data']}` ({metrics['n_trajectories']} trajectories, fields {metrics['fields']})",
+            f"- checkpoint: `{metrics['model']}`",
+            f"- shots {shots}, seeds {cfg['seeds']}, {cfg['n_val']} validation and {cfg['n_test']} fixed test "
+            f"trajectories, evaluation `{cfg['mode']}` from snapshot 0 to the last snapshot",
+            f"- budget (every candidate): {cfg['budget']}",
+            f"- environment: {metrics['environment']}",
+        ]
+    )
+    rows = [
+        [name]
+        + [
+            f"{fmt(results[name][n]['mean'][HEADLINE])} ± {fmt(results[name][n]['std'][HEADLINE], 2)}"
+            for n in shots
+        ]
+        for name in results
+    ]
+    zs = metrics["zero_shot"]
+    if "summary" in zs:
+        rows.append(["zero-shot (checkpoint as is)"] + [fmt(zs["summary"][HEADLINE]["median"])] * len(shots))
+    elif "unavailable" in zs:
+        rows.append(["zero-shot (checkpoint as is)"] + ["n/a"] * len(shots))
+    curve_text = table(["candidate"] + [f"N={n}" for n in shots], rows)
+    if "unavailable" in zs:
+        curve_text += f"\n\nZero-shot unavailable: {zs['unavailable']}"
+    all_metrics = table(
+        ["candidate", *METRICS],
+        [[name] + [results[name][shots[-1]]["mean"][m] for m in METRICS] for name in results],
+    )
+    sections = [
+        ("Setup", setup),
+        ("Median relative L1 error against trajectories (mean ± std over seeds)", curve_text),
+        (f"All metrics at N={shots[-1]} (median over test samples, mean over seeds)", all_metrics),
+    ]
+    if metrics["accuracy_gain_over_fno"]:
+        s = metrics["gain_samples"]
+        gains = table(
+            ["candidate", f"AG_{s} over FNO", f"EG_{s} over FNO", "matching s", "how"],
+            [
+                [
+                    name,
+                    metrics["accuracy_gain_over_fno"][name],
+                    eg["gain"],
+                    eg["matching_samples"],
+                    eg["note"],
+                ]
+                for name, eg in metrics["efficiency_gain_over_fno"].items()
+            ],
+        )
+        sections.append(("Accuracy and efficiency gains over FNO (Poseidon eq. 11)", gains))
+    pictures = [figure(figs["curve"], out, "few-shot curve"), figure(figs["spectra"], out, "error spectra")]
+    pictures += [figure(p, out, k) for k, p in figs.items() if k.startswith("fields_")]
+    sections.append(("Figures", "\n\n".join(pictures)))
+    return sections
