@@ -2,7 +2,140 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 eval_app = typer.Typer(help="Zero-shot, few-shot and scaling-law studies with reports.", no_args_is_help=True)
 quickstart_app = typer.Typer(help="The whole product end to end, offline, on a laptop.")
+
+
+def _ints(spec: str, option: str) -> list[int]:
+    try:
+        return [int(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(
+            f"expected comma-separated integers, got {spec!r}", param_hint=option
+        ) from None
+
+
+def _names(spec: str | None) -> list[str] | None:
+    return [v.strip() for v in spec.split(",") if v.strip()] if spec else None
+
+
+def _budget(epochs: int, max_steps: int | None, batch_size: int, lr: float, device: str):
+    from eval_suite.studies.candidates import Budget
+
+    return Budget(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, device=device)
+
+
+@eval_app.command("few-shot")
+def few_shot(
+    data: str = typer.Option(
+        ..., help="Trajectories: a file (netCDF/HDF5/PDEBench/Well/numpy), corpus folder or Hub id."
+    ),
+    out: Path = typer.Option(..., help="Report folder (report.md, metrics.json, PNGs)."),
+    model: str = typer.Option(None, help="Pretrained checkpoint (Hub id or folder) for the methods."),
+    shots: str = typer.Option("2,4,8,16,32,64", help="Training trajectories, comma-separated."),
+    seeds: str = typer.Option("0,1,2", help="Seeds, comma-separated (error bars over them)."),
+    candidates: str = typer.Option("full,fno,unet,scot_scratch", help="Methods (full, lora) and baselines."),
+    fields: str = typer.Option(None, help="Comma-separated fields of the data to use (default: all)."),
+    val: int = typer.Option(2, help="Validation trajectories per run."),
+    test: int = typer.Option(8, help="Test trajectories, fixed for the whole study."),
+    mode: str = typer.Option("direct", help="direct (one jump to the last snapshot) or rollout."),
+    rollout_stride: int = typer.Option(1, help="rollout: snapshots per autoregressive step."),
+    epochs: int = typer.Option(20, help="Epochs per run (every candidate)."),
+    max_steps: int = typer.Option(None, help="Cap on optimizer steps per run (every candidate)."),
+    batch_size: int = typer.Option(8),
+    lr: float = typer.Option(5e-4, help="Baselines' learning rate (methods use their own recipes)."),
+    device: str = typer.Option("cpu"),
+) -> None:
+    """Error against number of trajectories for methods and baselines, with AG/EG over FNO."""
+    from eval_suite.studies.few_shot import FewShotConfig, run_few_shot
+
+    config = FewShotConfig(
+        shots=_ints(shots, "--shots"),
+        seeds=_ints(seeds, "--seeds"),
+        candidates=_names(candidates),
+        n_val=val,
+        n_test=test,
+        mode=mode,
+        rollout_stride=rollout_stride,
+        fields=_names(fields),
+        budget=_budget(epochs, max_steps, batch_size, lr, device),
+    )
+    metrics = run_few_shot(data, out, model=model, config=config, log=typer.echo)
+    typer.echo(f"wrote {out / 'report.md'}; AG over FNO: {metrics['accuracy_gain_over_fno']}")
+
+
+@eval_app.command("zero-shot")
+def zero_shot(
+    model: str = typer.Option(..., help="Pretrained checkpoint (Hub id or folder)."),
+    out: Path = typer.Option(..., help="Report folder."),
+    data: list[str] = typer.Option([], help="Evaluation data file(s); repeat the option for several."),
+    family: list[str] = typer.Option(
+        [], help="Built-in family to generate, NAME or NAME:coef=lo:hi,...; repeatable."
+    ),
+    trajectories: int = typer.Option(8, help="Trajectories per generated family."),
+    resolution: int = typer.Option(64),
+    snapshots: int = typer.Option(11),
+    seed: int = typer.Option(1234, help="Seed of the generated sets."),
+    mode: str = typer.Option("direct", help="direct or rollout."),
+    rollout_stride: int = typer.Option(1),
+    stats: str = typer.Option(
+        None, help="stats.json to normalise with (default: each set's own statistics)."
+    ),
+) -> None:
+    """A checkpoint, untouched, on unseen families and unseen coefficients."""
+    from eval_suite.studies.zero_shot import ZeroShotConfig, run_zero_shot
+
+    config = ZeroShotConfig(trajectories, resolution, snapshots, seed, mode, rollout_stride, stats)
+    run_zero_shot(model, out, data=data, families=family, config=config, log=typer.echo)
+    typer.echo(f"wrote {out / 'report.md'}")
+
+
+@eval_app.command("scaling")
+def scaling(
+    axis: str = typer.Option(..., help="model | data | families."),
+    out: Path = typer.Option(..., help="Report folder."),
+    values: str = typer.Option(
+        None, help="Axis values, comma-separated (widths, trajectories per family, families)."
+    ),
+    families: str = typer.Option("ns_sines,ns_shear_layer,ns_gauss", help="Pretraining families, in order."),
+    target_family: str = typer.Option("ns_kolmogorov", help="families axis: the held-out target family."),
+    target_shots: int = typer.Option(4, help="families axis: fine-tuning trajectories of the target."),
+    trajectories: int = typer.Option(
+        8, help="Pretraining trajectories per family (model and families axes)."
+    ),
+    embed_dim: int = typer.Option(16, help="Model width (data and families axes)."),
+    resolution: int = typer.Option(32),
+    snapshots: int = typer.Option(5),
+    test: int = typer.Option(4, help="Test trajectories per family."),
+    seeds: str = typer.Option("0", help="Seeds, comma-separated."),
+    bootstrap: int = typer.Option(0, help="Bootstrap resamples for the fit's intervals (0: covariance)."),
+    epochs: int = typer.Option(20),
+    max_steps: int = typer.Option(None),
+    batch_size: int = typer.Option(8),
+    lr: float = typer.Option(5e-4),
+    device: str = typer.Option("cpu"),
+) -> None:
+    """Pretrain small models along an axis, evaluate, and fit E = a x^-alpha + c."""
+    from eval_suite.studies.scaling import ScalingConfig, run_scaling
+
+    config = ScalingConfig(
+        axis=axis,
+        values=_ints(values, "--values") if values else None,
+        families=_names(families),
+        target_family=target_family,
+        target_shots=target_shots,
+        trajectories=trajectories,
+        embed_dim=embed_dim,
+        resolution=resolution,
+        snapshots=snapshots,
+        n_test=test,
+        seeds=_ints(seeds, "--seeds"),
+        bootstrap=bootstrap,
+        budget=_budget(epochs, max_steps, batch_size, lr, device),
+    )
+    metrics = run_scaling(out, config=config, log=typer.echo)
+    typer.echo(f"wrote {out / 'report.md'}; fit: {metrics['fit']}")

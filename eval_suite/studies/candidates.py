@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+import torch
+
 from data_pipelines.normalization import Normalizer
 from data_pipelines.trajectory import Trajectory
 from eval_suite.baselines.registry import build_baseline, list_baselines
@@ -75,9 +77,14 @@ def fit_candidate(
     budget: Budget,
     seed: int,
     model: str | None = None,
+    **baseline_options,
 ) -> tuple[TrainedOperator, TrainResult]:
-    """Build candidate `name`, train it on the all2all pairs of `train_trajs` and keep its best validation epoch."""
+    """Build candidate `name`, train it on the all2all pairs of `train_trajs` and keep its best validation epoch.
+
+    `baseline_options` size a baseline (e.g. `modes`, `width`); seeded, so a run is reproducible.
+    """
     check_candidates([name], model)
+    torch.manual_seed(seed)  # channel surgery and adapters initialise from the global generator
     fields = list(train_trajs[0].fields)
     normalizer = Normalizer.from_trajectories(train_trajs)
     groups = None
@@ -90,7 +97,9 @@ def fit_candidate(
             groups = lora.param_groups(net)
     else:
         layout = fields
-        net = build_baseline(name, len(layout), channel_slices=loss_slices(layout), seed=seed)
+        net = build_baseline(
+            name, len(layout), channel_slices=loss_slices(layout), seed=seed, **baseline_options
+        )
     train_set = pair_dataset(train_trajs, layout, normalizer, stride=budget.stride)
     val_set = pair_dataset(val_trajs, layout, normalizer, stride=budget.stride)
     result = train(net, train_set, val_set, config=budget.train_config(seed), param_groups=groups)
