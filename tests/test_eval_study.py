@@ -1,0 +1,138 @@
+"""Miniature studies end to end (tiny models, 16-32 grids, a few steps): reports, figures, metrics.json."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from data_pipelines.solvers import get_family
+from eval_suite.baselines.registry import build_baseline
+from eval_suite.cli import eval_app
+from eval_suite.protocol import forecast, score
+from eval_suite.studies.candidates import Budget, fit_candidate
+from eval_suite.studies.scaling import ScalingConfig, run_scaling
+from eval_suite.studies.splits import draw_shots, split_test
+from eval_suite.studies.zero_shot import ZeroShotConfig, run_zero_shot
+from finetune.data import load_trajectories
+from foundation.configuration_scot import ScOTConfig
+from foundation.loss import relative_group_loss
+from foundation.modeling_scot import ScOT
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine two spinning threads are far slower than one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def study_inputs(tmp_path_factory):
+    """Ten 16x16 Navier-Stokes trajectories in an .npz and a tiny random scOT checkpoint with fields u, v."""
+    root = tmp_path_factory.mktemp("study")
+    family = get_family("ns_sines")
+    batch = family.generate(10, 16, 5, seed=0)
+    data = root / "ns.npz"
+    np.savez(data, u=batch.u.numpy(), t=batch.t.numpy(), fields=np.array(family.fields))
+    torch.manual_seed(0)
+    config = ScOTConfig.from_preset(
+        "tiny", image_size=32, num_channels=2, num_out_channels=2, field_names=["u", "v"],
+        channel_slice_list_normalized_loss=[0, 2],
+    )  # fmt: skip
+    ScOT(config).save_pretrained(root / "ckpt")
+    return data, root / "ckpt"
+
+
+def test_baselines_have_scots_forward_signature_and_loss():
+    x, y = torch.randn(3, 2, 16, 16), torch.randn(3, 2, 16, 16)
+    mask = torch.tensor([[False, True]] * 3)
+    for name in ("fno", "unet"):
+        net = build_baseline(name, 2, channel_slices=[0, 1, 2], seed=0)
+        out = net(x, torch.full((3,), 0.5), pixel_mask=mask, labels=y)
+        assert torch.equal(out.output[:, 1], y[:, 1])  # masked channel takes the label
+        assert float(out.loss.detach()) == pytest.approx(
+            float(relative_group_loss(out.output, y, [0, 1, 2]).detach())
+        )
+        later = net(x, torch.full((3,), 1.0)).output
+        assert not torch.allclose(later[:, 0], out.output[:, 0])  # the lead time is an input
+        same = build_baseline(name, 2, channel_slices=[0, 1, 2], seed=0).state_dict()
+        tensors = {k: v for k, v in net.state_dict().items() if isinstance(v, torch.Tensor)}
+        assert all(torch.equal(v, same[k]) for k, v in tensors.items())  # seeded initialisation
+
+
+def test_few_shot_cli_writes_report_figures_and_gains(study_inputs, tmp_path):
+    data, ckpt = study_inputs
+    out = tmp_path / "few"
+    args = ["few-shot", "--data", str(data), "--model", str(ckpt), "--out", str(out), "--shots", "2,4"]
+    args += ["--seeds", "0,1", "--candidates", "full,fno,unet", "--val", "1", "--test", "3"]
+    args += ["--epochs", "1", "--max-steps", "2", "--batch-size", "8"]
+    result = CliRunner().invoke(eval_app, args)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    for name in ("full", "fno", "unet"):
+        for n in ("2", "4"):
+            runs = metrics["results"][name][n]["seeds"]
+            assert set(runs) == {"0", "1"} and all(r["train"]["steps"] == 2 for r in runs.values())
+            medians = [r["summary"]["rel_l1"]["median"] for r in runs.values()]
+            assert all(math.isfinite(m) and m > 0 for m in medians)
+            assert metrics["results"][name][n]["mean"]["rel_l1"] == pytest.approx(np.mean(medians))
+    curves = metrics["curves"]
+    for name in ("full", "unet"):
+        assert metrics["accuracy_gain_over_fno"][name] == pytest.approx(
+            curves["fno"]["4"] / curves[name]["4"]
+        )
+        assert metrics["efficiency_gain_over_fno"][name]["samples"] == 4
+    assert "summary" in metrics["zero_shot"]  # the checkpoint knows u, v: scored as it is
+    report = (out / "report.md").read_text()
+    assert "AG_4 over FNO" in report and "| fno |" in report and "zero-shot" in report
+    for png in (
+        "few_shot_curve.png",
+        "error_spectra.png",
+        "fields_full.png",
+        "fields_fno.png",
+        "fields_unet.png",
+    ):
+        assert (out / png).stat().st_size > 1000
+
+    # seeded: the same run again gives the same test error
+    trajs = load_trajectories(data)
+    pool, test = split_test(trajs, 3, 0)
+    train, val = draw_shots(pool, 2, 1, 0)
+    op, _ = fit_candidate("fno", train, val, budget=Budget(epochs=1, max_steps=2), seed=0)
+    again = score(forecast(op, test))[0]["rel_l1"]["median"]
+    assert again == pytest.approx(
+        metrics["results"]["fno"]["2"]["seeds"]["0"]["summary"]["rel_l1"]["median"], rel=1e-5
+    )
+
+
+def test_zero_shot_scores_known_fields_and_explains_unknown_ones(study_inputs, tmp_path):
+    _, ckpt = study_inputs
+    cfg = ZeroShotConfig(trajectories=2, resolution=16, snapshots=3, seed=5)
+    metrics = run_zero_shot(
+        str(ckpt), tmp_path / "zero", families=["ns_gauss", "ns_gauss:nu=0.01:0.02", "wave_gauss"], config=cfg
+    )
+    assert math.isfinite(metrics["results"]["ns_gauss:nu=0.01:0.02"]["summary"]["vrmse"]["median"])
+    assert "channel mismatch" in metrics["results"]["wave_gauss"]["unavailable"]
+    assert (tmp_path / "zero" / "error_spectra.png").exists()
+    with pytest.raises(ValueError, match=r"coef in \['nu'\]"):
+        run_zero_shot(str(ckpt), tmp_path / "bad", families=["ns_gauss:mu=1:2"], config=cfg)
+
+
+def test_scaling_study_fits_a_power_law_along_the_data_axis(tmp_path):
+    cfg = ScalingConfig(
+        axis="data", values=[1, 2, 4], families=["ns_sines"], embed_dim=8, resolution=32, snapshots=3, n_test=2,
+        budget=Budget(epochs=1, max_steps=2, batch_size=4),
+    )  # fmt: skip
+    metrics = run_scaling(tmp_path / "scaling", config=cfg)
+    assert [metrics["points"][v]["x"] for v in (1, 2, 4)] == [1, 2, 4]
+    fit = metrics["fit"]
+    assert fit["n_points"] == 3 and fit["c"] == 0.0 and math.isfinite(fit["alpha"])
+    assert "Power-law fit" in (tmp_path / "scaling" / "report.md").read_text()
+    assert (tmp_path / "scaling" / "scaling_data.png").exists()
