@@ -100,7 +100,8 @@ class PDEFamily(ABC):
 
     @abstractmethod
     def solve(self, req: SolveRequest) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Return ``u[B, T, C, H, W]`` at ``req.times`` and the sampled coefficients (name -> [B])."""
+        """Return ``u[B, T, C, H, W]`` at ``req.times`` and the sampled parameters (name -> [B]): every
+        coefficient of ``coefficient_ranges`` plus, optionally, further scalar descriptors of the data."""
 
     def sample_coefficients(self, rng: Sampler, batch: int) -> dict[str, torch.Tensor]:
         """Draw every coefficient of ``coefficient_ranges`` for ``batch`` trajectories, in registry order."""
