@@ -38,7 +38,13 @@ def few_shot(
     model: str = typer.Option(None, help="Pretrained checkpoint (Hub id or folder) for the methods."),
     shots: str = typer.Option("2,4,8,16,32,64", help="Training trajectories, comma-separated."),
     seeds: str = typer.Option("0,1,2", help="Seeds, comma-separated (error bars over them)."),
-    candidates: str = typer.Option("full,fno,unet,scot_scratch", help="Methods (full, lora) and baselines."),
+    candidates: str = typer.Option(
+        "full,fno,unet,scot_scratch",
+        help="Methods (full, lora, physguard) and baselines (fno, unet, scot_scratch).",
+    ),
+    sim_data: str = typer.Option(
+        None, help="physguard: simulation (pretraining) data to protect: corpus folder, file or Hub id."
+    ),
     fields: str = typer.Option(None, help="Comma-separated fields of the data to use (default: all)."),
     val: int = typer.Option(2, help="Validation trajectories per run."),
     test: int = typer.Option(8, help="Test trajectories, fixed for the whole study."),
@@ -63,6 +69,7 @@ def few_shot(
         rollout_stride=rollout_stride,
         fields=_names(fields),
         budget=_budget(epochs, max_steps, batch_size, lr, device),
+        sim_data=sim_data,
     )
     metrics = run_few_shot(data, out, model=model, config=config, log=typer.echo)
     typer.echo(f"wrote {out / 'report.md'}; AG over FNO: {metrics['accuracy_gain_over_fno']}")

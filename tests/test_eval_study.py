@@ -14,11 +14,12 @@ from data_pipelines.solvers import get_family
 from eval_suite.baselines.registry import build_baseline
 from eval_suite.cli import eval_app
 from eval_suite.protocol import forecast, score
-from eval_suite.studies.candidates import Budget, fit_candidate
+from eval_suite.studies.candidates import Budget, fit_candidate, physguard_bases
 from eval_suite.studies.scaling import ScalingConfig, run_scaling
 from eval_suite.studies.splits import draw_shots, split_test
 from eval_suite.studies.zero_shot import ZeroShotConfig, run_zero_shot
 from finetune.data import load_trajectories
+from finetune.methods.physguard import PhysGuardOptions
 from foundation.configuration_scot import ScOTConfig
 from foundation.loss import relative_group_loss
 from foundation.modeling_scot import ScOT
@@ -136,3 +137,33 @@ def test_scaling_study_fits_a_power_law_along_the_data_axis(tmp_path):
     assert fit["n_points"] == 3 and fit["c"] == 0.0 and math.isfinite(fit["alpha"])
     assert "Power-law fit" in (tmp_path / "scaling" / "report.md").read_text()
     assert (tmp_path / "scaling" / "scaling_data.png").exists()
+
+
+def test_physguard_candidate_protects_its_bases_and_needs_simulation_data(study_inputs):
+    data, ckpt = study_inputs
+    trajs = load_trajectories(data)
+    train, val = trajs[:2], trajs[2:3]
+    budget = Budget(epochs=1, max_steps=2)
+    with pytest.raises(ValueError, match="needs protected bases"):
+        fit_candidate("physguard", train, val, budget=budget, seed=0, model=str(ckpt))
+
+    bases = physguard_bases(str(ckpt), ["u", "v"], trajs[3:], PhysGuardOptions(n_samples=8, max_rank=4))
+    assert bases and all(U.shape[1] <= 4 for U in bases.values())
+    guarded, result = fit_candidate(
+        "physguard", train, val, budget=budget, seed=0, model=str(ckpt), bases=bases
+    )
+    plain, _ = fit_candidate("full", train, val, budget=budget, seed=0, model=str(ckpt))
+    assert result.steps == 2
+    name = next(iter(bases))
+    after = {n: p.detach() for n, p in guarded.model.named_parameters()}[name]
+    unguarded = {n: p.detach() for n, p in plain.model.named_parameters()}[name]
+    assert not torch.allclose(after, unguarded)  # the projection changed the update
+
+
+def test_few_shot_cli_asks_for_simulation_data_for_physguard(study_inputs, tmp_path):
+    data, ckpt = study_inputs
+    args = ["few-shot", "--data", str(data), "--model", str(ckpt), "--out", str(tmp_path / "pg")]
+    args += ["--shots", "2", "--seeds", "0", "--candidates", "physguard", "--val", "1", "--test", "3"]
+    result = CliRunner().invoke(eval_app, args)
+    assert result.exit_code != 0
+    assert "--sim-data" in str(result.exception) + result.output

@@ -1,6 +1,7 @@
 """Candidates of a study, each trained on the same few shots with the same budget by the finetune loop.
 
-A method adapts a pretrained checkpoint ("full": Poseidon's recipe; "lora": peft adapters); a baseline
+A method adapts a pretrained checkpoint ("full": Poseidon's recipe; "lora": peft adapters; "physguard":
+Poseidon's recipe with Fisher-guided gradient projection protecting the pretraining data); a baseline
 ("fno", "unet", "scot_scratch") starts from a seeded random initialisation. All use one step budget,
 one batch size, the same all2all pairs and the same normalisation (fitted on the training shots).
 """
@@ -18,10 +19,10 @@ from eval_suite.baselines.registry import build_baseline, list_baselines
 from eval_suite.protocol import TrainedOperator, loss_slices
 from finetune.channels import load_for_fields
 from finetune.data import pair_dataset
-from finetune.methods import full, lora
+from finetune.methods import full, lora, physguard
 from finetune.trainer import TrainConfig, TrainResult, train
 
-METHODS = ("full", "lora")
+METHODS = ("full", "lora", "physguard")
 
 
 @dataclass
@@ -69,6 +70,22 @@ def pretrained_operator(model: str, fields: Sequence[str], normalizer: Normalize
     return TrainedOperator(net, tuple(layout), normalizer)
 
 
+def physguard_bases(
+    model: str,
+    fields: Sequence[str],
+    sim_trajs: Sequence[Trajectory],
+    options: physguard.PhysGuardOptions | None = None,
+) -> dict[str, torch.Tensor]:
+    """PhysGuard's protected bases of the checkpoint, from per-sample gradients on its simulation data.
+
+    Computed once per study: they depend on the checkpoint and the simulation data, not on the shots.
+    The simulation pairs are normalised with their own statistics, as in pretraining.
+    """
+    net, layout = load_for_fields(model, fields)
+    sim = pair_dataset(sim_trajs, layout, Normalizer.from_trajectories(sim_trajs))
+    return physguard.compute_bases(net, sim, options)
+
+
 def fit_candidate(
     name: str,
     train_trajs: Sequence[Trajectory],
@@ -77,24 +94,31 @@ def fit_candidate(
     budget: Budget,
     seed: int,
     model: str | None = None,
+    bases: dict[str, torch.Tensor] | None = None,
+    alpha: float = 1.0,
     **baseline_options,
 ) -> tuple[TrainedOperator, TrainResult]:
     """Build candidate `name`, train it on the all2all pairs of `train_trajs` and keep its best validation epoch.
 
+    `bases` (from `physguard_bases`) and `alpha` are PhysGuard's protected directions and strength;
     `baseline_options` size a baseline (e.g. `modes`, `width`); seeded, so a run is reproducible.
     """
     check_candidates([name], model)
+    if name == "physguard" and bases is None:
+        raise ValueError("candidate 'physguard' needs protected bases: pass the simulation data (--sim-data)")
     torch.manual_seed(seed)  # channel surgery and adapters initialise from the global generator
     fields = list(train_trajs[0].fields)
     normalizer = Normalizer.from_trajectories(train_trajs)
-    groups = None
+    groups, transform = None, None
     if name in METHODS:
         net, layout = load_for_fields(model, fields)
-        if name == "full":
-            groups = full.poseidon_param_groups(net)
-        else:
+        if name == "lora":
             net = lora.wrap(net)
             groups = lora.param_groups(net)
+        else:
+            groups = full.poseidon_param_groups(net)
+        if name == "physguard":
+            transform = physguard.Projector(net.to(budget.device), bases, alpha)
     else:
         layout = fields
         net = build_baseline(
@@ -102,5 +126,12 @@ def fit_candidate(
         )
     train_set = pair_dataset(train_trajs, layout, normalizer, stride=budget.stride)
     val_set = pair_dataset(val_trajs, layout, normalizer, stride=budget.stride)
-    result = train(net, train_set, val_set, config=budget.train_config(seed), param_groups=groups)
+    result = train(
+        net,
+        train_set,
+        val_set,
+        config=budget.train_config(seed),
+        param_groups=groups,
+        grad_transform=transform,
+    )
     return TrainedOperator(net, tuple(layout), normalizer), result

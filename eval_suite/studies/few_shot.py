@@ -4,6 +4,7 @@ with Poseidon's accuracy and efficiency gains over FNO and the checkpoint's zero
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,10 +23,12 @@ from eval_suite.studies.candidates import (
     Budget,
     check_candidates,
     fit_candidate,
+    physguard_bases,
     pretrained_operator,
 )
 from eval_suite.studies.splits import draw_shots, split_test
 from finetune.data import load_trajectories, select_fields
+from finetune.methods.physguard import PhysGuardOptions
 
 HEADLINE = "rel_l1"
 
@@ -45,6 +48,10 @@ class FewShotConfig:
     split_seed: int = 0
     budget: Budget = field(default_factory=Budget)
     baseline_options: dict[str, dict] = field(default_factory=dict)  # e.g. {"unet": {"width": 16}}
+    sim_data: str | None = None
+    """Simulation (pretraining) data that PhysGuard protects: a corpus folder, file or Hub id."""
+    sim_trajectories: int = 32
+    physguard: PhysGuardOptions = field(default_factory=PhysGuardOptions)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -91,6 +98,18 @@ def run_few_shot(
     pool, test = split_test(trajs, cfg.n_test, cfg.split_seed)
     shots = sorted(set(cfg.shots))
     draw_shots(pool, shots[-1], cfg.n_val, cfg.seeds[0])  # fail before any training if the data is too small
+    bases = None
+    if "physguard" in cfg.candidates:
+        if cfg.sim_data is None:
+            raise ValueError(
+                "few-shot: candidate 'physguard' needs the simulation data it protects (--sim-data)"
+            )
+        log(
+            f"few-shot: PhysGuard bases of {model} from {cfg.sim_trajectories} trajectories of {cfg.sim_data}"
+        )
+        sim = load_trajectories(cfg.sim_data)
+        sim = random.Random(cfg.split_seed).sample(sim, min(cfg.sim_trajectories, len(sim)))
+        bases = physguard_bases(model, trajs[0].fields, sim, cfg.physguard)
 
     results: dict = {name: {} for name in cfg.candidates}
     keep: dict[str, Forecast] = {}
@@ -107,6 +126,8 @@ def run_few_shot(
                     budget=cfg.budget,
                     seed=seed,
                     model=model,
+                    bases=bases,
+                    alpha=cfg.physguard.alpha,
                     **cfg.baseline_options.get(name, {}),
                 )
                 summary, fc = evaluate_operator(op, test, cfg)
