@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from data_pipelines.atomic import write_text_atomic
+
 
 def _clean(obj):
     """JSON-safe: NaN/inf become null (strict JSON has no NaN), tuples become lists, keys strings."""
@@ -44,15 +46,16 @@ def environment() -> dict:
 
 
 def write_report(out: Path, title: str, sections: Sequence[tuple[str, str]], metrics: dict) -> Path:
-    """Writes `out/report.md` (title, then (heading, body) sections, figures linked relative) and metrics.json."""
+    """Writes `out/report.md` (title, then (heading, body) sections, figures linked relative) and metrics.json.
+
+    Both atomically, metrics.json last: its presence marks a finished study.
+    """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(_clean(metrics), indent=2, allow_nan=False) + "\n")
     body = [f"# {title}", ""]
     for heading, text in sections:
         body += [f"## {heading}", "", text.rstrip(), ""]
-    path = out / "report.md"
-    path.write_text("\n".join(body))
+    path = write_text_atomic(out / "report.md", "\n".join(body))
+    write_text_atomic(out / "metrics.json", json.dumps(_clean(metrics), indent=2, allow_nan=False) + "\n")
     return path
 
 
