@@ -14,14 +14,17 @@ from data_pipelines.atomic import write_text_atomic
 
 
 def _clean(obj):
-    """JSON-safe: NaN/inf become null (strict JSON has no NaN), tuples become lists, keys strings."""
+    """JSON-safe: NaN/inf become null (strict JSON has no NaN), tuples become lists, keys strings,
+    anything else JSON cannot hold (a dtype, a path) its string."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
         return {str(k): _clean(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_clean(v) for v in obj]
-    return obj
+    if obj is None or isinstance(obj, (str, int, bool)):
+        return obj
+    return str(obj)
 
 
 def fmt(value, digits: int = 4) -> str:

@@ -19,14 +19,19 @@ def build_scot_scratch(
     *,
     channel_slices: Sequence[int] | None = None,
     preset: str = "tiny",
+    **config_overrides,
 ) -> ScOT:
-    """A randomly initialised scOT of `preset` size: Poseidon's "scOT" row (same architecture, no pretraining)."""
+    """A randomly initialised scOT of `preset` size: Poseidon's "scOT" row (same architecture, no pretraining).
+
+    `config_overrides` (e.g. image_size) match it to the pretrained model it is compared with.
+    """
     slices = list(channel_slices) if channel_slices is not None else None
     config = ScOTConfig.from_preset(
         preset,
         num_channels=num_channels,
         num_out_channels=num_out_channels,
         channel_slice_list_normalized_loss=slices,
+        **config_overrides,
     )
     return ScOT(config)
 
