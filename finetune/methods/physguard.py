@@ -99,15 +99,27 @@ def per_sample_gradients(
             except (RuntimeError, NotImplementedError, ValueError):
                 use_vmap = False
         if grads is None:
-            rows = [
-                torch.func.grad(loss_one)(params, {k: v[i] for k, v in batch.items()})
-                for i in range(len(batch["time"]))
-            ]
-            grads = {n: torch.stack([r[n] for r in rows]) for n in params}
+            grads = _looped_gradients(model, params, batch)
         for n, g in grads.items():
             out[n].append(g.reshape(g.shape[0], -1).to("cpu", dtype))
     model.train(was_training)
     return {n: torch.cat(chunks) for n, chunks in out.items()}
+
+
+def _looped_gradients(
+    model: nn.Module, params: dict[str, torch.Tensor], batch: dict
+) -> dict[str, torch.Tensor]:
+    """Per-example gradients by one autograd pass per example (the fallback when vmap does not fit)."""
+    named = dict(model.named_parameters())
+    targets = [named[n] for n in params]
+    rows = []
+    for i in range(batch["pixel_values"].shape[0]):
+        loss = model(**{k: v[i : i + 1] for k, v in batch.items()}).loss
+        rows.append(torch.autograd.grad(loss, targets, allow_unused=True))
+    return {
+        n: torch.stack([r[j] if r[j] is not None else torch.zeros_like(targets[j]) for r in rows])
+        for j, n in enumerate(params)
+    }
 
 
 def protected_basis(gradients: torch.Tensor, tau: float, max_rank: int) -> torch.Tensor:

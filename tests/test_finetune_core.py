@@ -1,0 +1,195 @@
+"""finetune building blocks: data split and checks, channel plans and surgery, LR groups, the training loop,
+predict/rollout."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from finetune_helpers import family_trajectories, tiny_checkpoint, tiny_model
+from torch import nn
+
+from data_pipelines.trajectory import Trajectory
+from finetune.channels import load_for_fields, plan_channels
+from finetune.data import load_trajectories, split_trajectories
+from finetune.methods.full import FullOptions, poseidon_param_groups
+from finetune.predict import predict, rollout
+from finetune.trainer import TrainConfig, train
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine, 2 spinning threads per process run ~10x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _trajs(n: int) -> list[Trajectory]:
+    rng = np.random.default_rng(0)
+    return [
+        Trajectory(rng.standard_normal((3, 1, 8, 8)), [0.0, 0.5, 1.0], ["s"], "toy", {"a": i})
+        for i in range(n)
+    ]
+
+
+def test_split_is_seeded_disjoint_and_by_trajectory():
+    trajs = _trajs(10)
+    a, b = split_trajectories(trajs, 5, 2, 3, seed=1), split_trajectories(trajs, 5, 2, 3, seed=1)
+    assert a.indices == b.indices
+    ids = a.indices["train"] + a.indices["val"] + a.indices["test"]
+    assert sorted(ids) == list(range(10))
+    assert [t.params["a"] for t in a.train] == a.indices["train"]
+    assert split_trajectories(trajs, 5, 2, 3, seed=2).indices != a.indices
+
+
+def test_too_few_trajectories_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"4 trajectories, but shots=3 \+ validation=1 \+ test=1 needs 5"):
+        split_trajectories(_trajs(4), 3, 1, 1)
+
+
+def test_nan_in_data_names_trajectory_field_and_time():
+    trajs = _trajs(3)
+    trajs[2].u[1, 0, 4, 4] = np.nan
+    with pytest.raises(ValueError, match=r"data\[2\].*field 's'.*time index 1"):
+        load_trajectories(trajs)
+
+
+def test_channel_plan_reuses_layout_for_subsets_and_needs_surgery_for_new_fields():
+    poseidon = ["rho", "u", "v", "p"]
+    assert plan_channels(poseidon, ["u", "v"]).layout == poseidon
+    assert not plan_channels(poseidon, ["u", "v"]).surgery
+    assert plan_channels(poseidon, ["s", "k"]).surgery
+    assert plan_channels(["ch0", "ch1"], ["s", "k"]).layout == ["s", "k"]
+
+
+def test_channel_mismatch_without_surgery_is_an_error(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    with pytest.raises(ValueError, match=r"channel mismatch.*\['rho', 'u', 'v', 'p'\].*\['s', 'k'\]"):
+        load_for_fields(str(ckpt), ["s", "k"], allow_surgery=False)
+    with pytest.raises(ValueError, match="channel mismatch"):
+        load_for_fields(tiny_model(), ["s", "k"])
+
+
+def test_surgery_replaces_only_channel_dependent_tensors(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    base = tiny_model().state_dict()
+    model, layout = load_for_fields(str(ckpt), ["s", "k"])
+    assert layout == ["s", "k"] and model.config.field_names == ["s", "k"]
+    assert model.config.num_channels == 2 and model.config.num_out_channels == 2
+    changed = {k for k, v in model.state_dict().items() if k not in base or not torch.equal(v, base[k])}
+    assert changed == set(model.reinitialized_keys)
+    assert (
+        "patch_recovery.mixup.weight" in changed
+        and "embeddings.patch_embeddings.projection.bias" not in changed
+    )
+    # Same count, other fields: the tensors are still replaced.
+    model3, _ = load_for_fields(str(ckpt), ["s", "k", "f", "c"])
+    assert model3.config.num_channels == 4
+    assert not torch.equal(model3.patch_recovery.mixup.weight, base["patch_recovery.mixup.weight"])
+
+
+def test_checkpoint_of_another_architecture_is_an_error(tmp_path):
+    folder = tmp_path / "bert"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
+    with pytest.raises(ValueError, match=r"neither a pdefm checkpoint.*'bert'"):
+        load_for_fields(str(folder), ["u"])
+
+
+def test_poseidon_param_groups():
+    model = tiny_model()
+    groups = {
+        g["name"]: g for g in poseidon_param_groups(model, FullOptions(lr_backbone=1.0, lr_embedding=2.0))
+    }
+    names = {id(p): n for n, p in model.named_parameters()}
+    member = {names[id(p)]: g for g in groups for p in groups[g]["params"]}
+    assert len(member) == sum(len(g["params"]) for g in groups.values()) == len(names)
+    block = "encoder.layers.0.blocks.0."
+    assert member["embeddings.patch_embeddings.projection.weight"] == "embedding_recovery"
+    assert member["embeddings.norm.weight.weight"] == "embedding_recovery"
+    assert member["patch_recovery.mixup.weight"] == "embedding_recovery"
+    assert member[block + "layernorm_before.weight.weight"] == "time_norms"
+    assert member[block + "layernorm_after.bias.bias"] == "time_norms"
+    assert member[block + "attention.self.query.weight"] == "backbone"
+    assert member["residual_blocks.0.0.weight"] == "backbone"  # layer scale is decayed, as in Poseidon
+    assert member[block + "attention.self.query.bias"] == "backbone_no_decay"
+    assert groups["embedding_recovery"]["lr"] == 2.0 and groups["time_norms"]["weight_decay"] == 0.0
+    assert groups["backbone"]["lr"] == 1.0 and groups["backbone_no_decay"]["weight_decay"] == 0.0
+
+
+class Scale(nn.Module):
+    """y = w * x with L2 loss: a module with ScOT's forward signature."""
+
+    def __init__(self, w: float):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(w))
+
+    def forward(self, pixel_values, time, pixel_mask=None, labels=None, **_):
+        out = self.w * pixel_values
+        loss = None if labels is None else ((out - labels) ** 2).mean()
+        return SimpleNamespace(loss=loss, output=out)
+
+
+def _examples(factor: float, n: int = 8) -> list[dict]:
+    x = torch.randn(n, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    return [{"pixel_values": x[i], "labels": factor * x[i], "time": torch.tensor(1.0)} for i in range(n)]
+
+
+def test_trainer_keeps_best_epoch_and_is_seeded():
+    cfg = TrainConfig(epochs=5, batch_size=4, lr=0.1, grad_clip=0.0)
+    model = Scale(0.0)
+    result = train(model, _examples(2.0), _examples(2.0), config=cfg)
+    assert result.best_val_loss < result.initial_val_loss and result.best_epoch > 0
+    assert math.isclose(result.history[result.best_epoch]["val_loss"], result.best_val_loss)
+    again = Scale(0.0)
+    repeat = train(again, _examples(2.0), _examples(2.0), config=cfg)
+    assert [h["val_loss"] for h in repeat.history] == [h["val_loss"] for h in result.history]
+    assert torch.equal(again.w, model.w)
+    # Training towards another target only hurts validation: the starting point (epoch 0) is kept.
+    start = Scale(2.0)
+    result = train(start, _examples(-1.0), _examples(2.0), config=cfg)
+    assert result.best_epoch == 0 and float(start.w.detach()) == 2.0
+    assert result.history[-1]["val_loss"] > result.initial_val_loss
+
+
+class Decay(nn.Module):
+    """Exact propagator of du/dt = -lam u; a static forcing channel is passed through on input only."""
+
+    def __init__(self, lam: float, out_channels: int):
+        super().__init__()
+        self.lam, self.out_channels = lam, out_channels
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, pixel_values, time, **_):
+        u = pixel_values[:, : self.out_channels]
+        if pixel_values.shape[1] > self.out_channels:
+            u = u + time[:, None, None, None] * pixel_values[:, self.out_channels :]
+        return SimpleNamespace(loss=None, output=u * torch.exp(-self.lam * time)[:, None, None, None])
+
+
+def test_predict_and_rollout_match_the_exact_propagator():
+    u0 = torch.randn(2, 3, 8, 8)
+    model = Decay(0.7, 3)
+    assert torch.allclose(predict(model, u0, 0.5), u0 * math.exp(-0.35))
+    assert predict(model, u0[0], 0.5).shape == (3, 8, 8)
+    traj = rollout(model, u0, 4, 0.25)
+    assert traj.shape == (2, 5, 3, 8, 8) and torch.equal(traj[:, 0], u0)
+    assert torch.allclose(traj[:, 4], u0 * math.exp(-0.7), atol=1e-6)
+    # A model with an extra static input channel gets it re-appended at every step.
+    forced = Decay(0.0, 1)
+    x0 = torch.stack([torch.zeros(8, 8), torch.ones(8, 8)])[None]
+    traj = rollout(forced, x0, 3, 0.5)
+    assert torch.allclose(traj[0, 3, 0], torch.full((8, 8), 1.5)) and torch.equal(traj[0, 3, 1], x0[0, 1])
+    with pytest.raises(ValueError, match="u0 must be"):
+        predict(model, torch.zeros(8, 8), 0.1)
+
+
+def test_generated_family_is_finite_and_shaped():
+    trajs = family_trajectories("diffusion", 2)
+    assert trajs[0].u.shape == (4, 2, 32, 32) and trajs[0].fields == ["s", "k"]
