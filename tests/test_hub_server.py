@@ -85,8 +85,9 @@ def _request(url: str, method="GET", body: bytes | None = None, headers: dict | 
         return e.code, e.headers, e.read()
 
 
-def _start_server(root: Path, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "foundation.hub.server", "--root", str(root), "--port", str(port)]
+def _start_server(root: Path, port: int, via_cli: bool = False) -> subprocess.Popen:
+    entry = ["eval_suite.command_line", "hub", "serve"] if via_cli else ["foundation.hub.server"]
+    cmd = [sys.executable, "-m", *entry, "--root", str(root), "--port", str(port)]
     proc = subprocess.Popen([*cmd, "--token", HUB_TOKEN], cwd=REPO_ROOT, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while True:
@@ -289,7 +290,7 @@ def test_restart_persistence(tmp_path):
     finally:
         proc.kill()
         proc.wait()
-    proc = _start_server(root, port)
+    proc = _start_server(root, port, via_cli=True)  # `pdefm hub serve` on the same root
     try:
         api = HfApi(endpoint=endpoint, token=HUB_TOKEN)
         assert api.dataset_info("pdefm-tests/persist").sha == sha

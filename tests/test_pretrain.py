@@ -214,3 +214,38 @@ def test_two_process_ddp_through_accelerate_launch(corpora, tmp_path):
     assert ids0 and ids1 and not ids0 & ids1  # disjoint shares ...
     assert len(ids0 | ids1) == 16  # ... covering the corpus (4 steps x 2 ranks x 2 examples = one epoch)
     assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
+
+
+def test_gradient_checkpointing_keeps_the_loss_curve(corpora, reference_run, tmp_path):
+    summary = pretrain(_config(corpora, tmp_path / "gc", gradient_checkpointing=True, eval_corpus=None))
+    torch.testing.assert_close(
+        torch.tensor(summary["loss_history"]),
+        torch.tensor(reference_run[1]["loss_history"]),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+def test_hub_corpus_and_bf16_first_step(hub_server, corpora, reference_run, tmp_path):
+    """The corpus streamed from a Hub dataset repo gives the same first batch as the folder; bf16 autocast
+    on CPU gives the same first loss up to bf16 rounding."""
+    from data_pipelines.corpus import push_corpus
+
+    push_corpus(corpora[0], "pdefm-tests/pretrain-corpus")
+    reference = reference_run[1]["loss_history"][0]
+    hub = pretrain(
+        _config(corpora, tmp_path / "hub", corpus=["pdefm-tests/pretrain-corpus"], max_minutes=0.0)
+    )
+    assert hub["loss_history"][0] == pytest.approx(reference, rel=1e-5)
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # the process-wide state fixed fp32 so far
+    try:
+        bf16_cfg = _config(
+            corpora, tmp_path / "bf16", mixed_precision="bf16", max_minutes=0.0, eval_corpus=None
+        )
+        bf16 = pretrain(bf16_cfg)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert bf16["mixed_precision"] == "bf16"
+    assert bf16["loss_history"][0] == pytest.approx(reference, rel=3e-2)
