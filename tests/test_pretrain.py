@@ -170,6 +170,7 @@ def test_truncated_checkpoint_is_a_clear_error(corpora, reference_run, tmp_path,
 
 def test_push_checkpoint_with_model_card(hub_server, reference_run):
     from eval_suite.command_line import main
+    from foundation.hub.push import pull
     from foundation.loading import load_model
 
     out, summary = reference_run
@@ -183,6 +184,14 @@ def test_push_checkpoint_with_model_card(hub_server, reference_run):
     assert card.data.training_steps == STEPS and card.data.training_trajectories == 16
     assert card.data.final_eval_loss == pytest.approx(summary["final_eval_loss"])
     assert "pdefm finetune --model" in card.text
+    main_sha = HfApi().model_info("pdefm-tests/pretrained-tiny").sha
+    result = CliRunner().invoke(main, ["push", str(out), "pdefm-tests/pretrained-tiny", "--revision", "dev"])
+    assert result.exit_code == 0, result.output
+    refs = HfApi().list_repo_refs("pdefm-tests/pretrained-tiny")
+    assert {b.name for b in refs.branches} == {"main", "dev"}
+    assert sorted(p.name for p in pull("pdefm-tests/pretrained-tiny", revision=main_sha).iterdir()) == sorted(
+        files
+    )
     model = load_model("pdefm-tests/pretrained-tiny")
     local = load_file(out / "model" / "model.safetensors")
     assert all(torch.equal(model.state_dict()[k], local[k]) for k in local)

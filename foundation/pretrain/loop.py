@@ -170,9 +170,10 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean loss over the held-out pairs (each rank scores every world_size-th batch; sums are reduced)."""
+        """Mean loss over the held-out pairs (each rank scores every world_size-th pair; sums are reduced)."""
         acc = self.accelerator
-        self.model.eval()
+        model = acc.unwrap_model(self.model)  # no DDP collectives: ranks may score different batch counts
+        model.eval()
         subset = torch.utils.data.Subset(
             self.eval_data, range(acc.process_index, len(self.eval_data), acc.num_processes)
         )
@@ -180,11 +181,11 @@ class Trainer:
         for batch in torch.utils.data.DataLoader(subset, batch_size=self.config.batch_size):
             batch = {k: v.to(acc.device) for k, v in batch.items()}
             with acc.autocast():
-                loss = self.model(**batch).loss
+                loss = model(**batch).loss
             n = batch["pixel_values"].shape[0]
             total += torch.stack([loss.float() * n, torch.tensor(float(n), device=acc.device)])
         total = acc.reduce(total, "sum")
-        self.model.train()
+        model.train()
         return (total[0] / total[1]).item()
 
     # ---- training -----------------------------------------------------------------------------------
