@@ -134,7 +134,7 @@ class HubHandler(BaseHTTPRequestHandler):
         if not auth:
             return False
         token = auth.removeprefix("Bearer ").strip()
-        if not secrets.compare_digest(token, self.server.token):
+        if not secrets.compare_digest(token.encode(), self.server.token.encode()):
             raise HubError(401, None, "Invalid credentials in Authorization header")
         return True
 
@@ -189,6 +189,10 @@ class HubHandler(BaseHTTPRequestHandler):
             self._error(e)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+        except Exception as e:  # a bug or malformed input must still get an answer, never a dropped socket
+            self.log_error("internal error on %s %s: %r", method, url.path, e)
+            self._body()
+            self._error(HubError(500, None, f"internal server error: {type(e).__name__}: {e}"))
         finally:
             self._body()  # an unread body would be parsed as the next request on this connection
 
