@@ -143,7 +143,7 @@ def _loss_and_grads(
         for name, g in zip(leaves, grads_b, strict=True):
             if g is not None:
                 grads[name] += g * n
-        total += float(loss) * n
+        total += float(loss.detach()) * n
         count += n
     return total / count, {n: g / count for n, g in grads.items()}
 

@@ -192,9 +192,8 @@ class Projector:
 
     def __init__(self, model: nn.Module, bases: dict[str, torch.Tensor], alpha: float = 1.0):
         params = dict(model.named_parameters())
-        device = next(model.parameters()).device
         self.alpha = alpha
-        self.targets = [(params[n], U.to(device)) for n, U in bases.items()]
+        self.targets = [(params[n], U.to(params[n].device, params[n].dtype)) for n, U in bases.items()]
 
     @torch.no_grad()
     def __call__(self, model: nn.Module) -> None:
