@@ -40,21 +40,24 @@ def window_and_shift(grid: int, window_size: int, shifted: bool) -> tuple[int, i
     return window, shift
 
 
-def _coords_table(window: int, device) -> torch.Tensor:
+def coords_table(window: int, device) -> torch.Tensor:
+    """CPB inputs: relative offsets in [-(w-1), w-1]^2, normalised to [-8, 8] and log-spaced (Swin-V2)."""
     r = torch.arange(-(window - 1), window, dtype=torch.float32, device=device)
     table = torch.stack(torch.meshgrid(r, r, indexing="ij"), dim=-1).reshape(-1, 2)
     table = table / max(window - 1, 1) * 8.0
     return torch.sign(table) * torch.log2(table.abs() + 1.0) / math.log2(8.0)
 
 
-def _relative_index(window: int, device) -> torch.Tensor:
+def relative_index(window: int, device) -> torch.Tensor:
+    """[w^2, w^2] index of each (query, key) token pair's relative offset into `coords_table`."""
     a = torch.arange(window, device=device)
     coords = torch.stack(torch.meshgrid(a, a, indexing="ij")).flatten(1)  # [2, N]
     rel = coords[:, :, None] - coords[:, None, :] + (window - 1)  # [2, N, N]
     return rel[0] * (2 * window - 1) + rel[1]
 
 
-def _shift_mask(padded: int, window: int, shift: int, device) -> torch.Tensor:
+def shift_mask_table(padded: int, window: int, shift: int, device) -> torch.Tensor:
+    """[nW, 1, w^2, w^2] mask separating tokens that the cyclic shift brought from different image regions."""
     labels = torch.zeros(padded, padded, device=device)
     cuts = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
     for i, rows in enumerate(cuts):
@@ -70,9 +73,9 @@ def _shift_mask(padded: int, window: int, shift: int, device) -> torch.Tensor:
 def _build_geometry(grid: int, window_size: int, shifted: bool, device) -> WindowGeometry:
     window, shift = window_and_shift(grid, window_size, shifted)
     padded = math.ceil(grid / window) * window
-    mask = _shift_mask(padded, window, shift, device) if shift else None
+    mask = shift_mask_table(padded, window, shift, device) if shift else None
     return WindowGeometry(
-        window, shift, padded, _coords_table(window, device), _relative_index(window, device), mask
+        window, shift, padded, coords_table(window, device), relative_index(window, device), mask
     )
 
 
@@ -143,10 +146,16 @@ class ScaledCosineSelfAttention(nn.Module):
         q = F.normalize(qkv[0], dim=-1) * scale
         k = F.normalize(qkv[1], dim=-1)
         mask = self.additive_mask(geometry, q.dtype)  # [nW or 1, h, N, N]
-        if mask.shape[0] > 1:
-            mask = mask.unsqueeze(0).expand(b, nw, h, n, n).reshape(b * nw, h, n, n)
         dropout = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, qkv[2], attn_mask=mask, dropout_p=dropout, scale=1.0)
+        if mask.requires_grad and q.device.type == "cpu":
+            # CPU SDPA kernels differentiate an additive mask several times slower than explicit matmuls.
+            scores = (q @ k.transpose(-2, -1)).view(b, nw, h, n, n) + mask
+            probs = F.dropout(torch.softmax(scores, dim=-1), dropout, self.training).view(b * nw, h, n, n)
+            out = probs @ qkv[2]
+        else:
+            if mask.shape[0] > 1:
+                mask = mask.unsqueeze(0).expand(b, nw, h, n, n).reshape(b * nw, h, n, n)
+            out = F.scaled_dot_product_attention(q, k, qkv[2], attn_mask=mask, dropout_p=dropout, scale=1.0)
         return out.transpose(1, 2).reshape(b, nw, n, c)
 
 

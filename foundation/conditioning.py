@@ -12,6 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 
+class OperatorModulation(nn.Linear):
+    """Linear(E, 2d) from the operator embedding to (delta gamma, delta beta); initialised to zero."""
+
+
 class TimeConditionedNorm(nn.Module):
     """LayerNorm without affine parameters whose scale and shift are affine functions of the lead time."""
 
@@ -21,7 +25,7 @@ class TimeConditionedNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Linear(1, dim)
         self.bias = nn.Linear(1, dim)
-        self.operator = nn.Linear(operator_dim, 2 * dim) if operator_dim else None
+        self.operator = OperatorModulation(operator_dim, 2 * dim) if operator_dim else None
 
     def forward(
         self, x: torch.Tensor, time: torch.Tensor, operator: torch.Tensor | None = None
@@ -61,6 +65,15 @@ class OperatorEmbedding(nn.Module):
         super().__init__()
         self.family = nn.Embedding(num_families, dim)
         self.mlp = nn.Sequential(nn.Linear(dim + num_coefficients, dim), nn.GELU(), nn.Linear(dim, dim))
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """O(1) features (unit-normal family vectors, PyTorch's default Linear init) rather than the 0.02-std
+        transformer init, so the zero-initialised modulations receive useful gradients from the first step."""
+        self.family.weight.normal_()
+        for layer in self.mlp:
+            if isinstance(layer, nn.Linear):
+                layer.reset_parameters()
 
     def forward(self, pde_id: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
         family = self.family(pde_id)

@@ -26,5 +26,6 @@ def relative_group_loss(
     terms = []
     for lo, hi in zip(channel_slices[:-1], channel_slices[1:], strict=True):
         y = labels[:, lo:hi]
-        terms.append(distance(output[:, lo:hi], y) / (distance(torch.zeros_like(y), y) + 1e-10))
+        scale = y.abs().mean() if p == 1 else y.square().mean()
+        terms.append(distance(output[:, lo:hi], y) / (scale + 1e-10))
     return torch.stack(terms).mean()

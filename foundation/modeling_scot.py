@@ -18,7 +18,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
 from foundation.attention import ScaledCosineSelfAttention, WindowAttention
-from foundation.conditioning import OperatorEmbedding, TimeConditionedNorm, make_norm
+from foundation.conditioning import OperatorEmbedding, OperatorModulation, make_norm
 from foundation.configuration_scot import ScOTConfig
 from foundation.loss import relative_group_loss
 from foundation.resampling import fft_resample
@@ -227,9 +227,9 @@ class ScOTPreTrainedModel(PreTrainedModel):
             module.logit_scale.fill_(torch.log(torch.tensor(10.0)).item())
         elif isinstance(module, ConvNeXtBlock):
             module.weight.fill_(1e-6)
-        elif isinstance(module, TimeConditionedNorm) and module.operator is not None:
-            module.operator.weight.zero_()
-            module.operator.bias.zero_()
+        elif isinstance(module, OperatorModulation):
+            module.weight.zero_()
+            module.bias.zero_()
 
 
 class ScOT(ScOTPreTrainedModel):
@@ -261,6 +261,8 @@ class ScOT(ScOTPreTrainedModel):
             else None
         )
         self.post_init()
+        if self.operator_embedding is not None:
+            self.operator_embedding.reset_parameters()
 
     def forward(
         self,
