@@ -146,3 +146,37 @@ def scaling(
     )
     metrics = run_scaling(out, config=config, log=typer.echo)
     typer.echo(f"wrote {out / 'report.md'}; fit: {metrics['fit']}")
+
+
+@quickstart_app.command()
+def quickstart(
+    out: Path = typer.Option(
+        Path("quickstart-out"), help="Output folder (report.md, metrics.json, figures)."
+    ),
+    minutes: float = typer.Option(15.0, help="Wall-clock target on 2 CPU cores; pretraining gets 40% of it."),
+    held_out: str = typer.Option("ns_pwc", help="PDE family kept out of pretraining and adapted few-shot."),
+    trajectories: int = typer.Option(32, help="Trajectories per pretraining family."),
+    pretrain_steps: int = typer.Option(1200, help="Pretraining optimizer steps (capped by the time budget)."),
+    shots: str = typer.Option("2,4,8,16", help="Few-shot training trajectories, comma-separated."),
+    seeds: str = typer.Option("0", help="Seeds of the few-shot runs, comma-separated."),
+    finetune_steps: int = typer.Option(
+        120, help="Optimizer steps of every few-shot run (methods and baselines)."
+    ),
+) -> None:
+    """Run pdefm end to end offline: local Hub, generated corpus, pretraining, few-shot adaptation, report.
+
+    Reruns reuse the corpus, the pretrained model and the download cache in OUT.
+    """
+    from eval_suite.quickstart import QuickstartConfig, run_quickstart
+
+    config = QuickstartConfig(
+        out=out,
+        minutes=minutes,
+        held_out=held_out,
+        trajectories=trajectories,
+        pretrain_steps=pretrain_steps,
+        shots=tuple(_ints(shots, "--shots")),
+        seeds=tuple(_ints(seeds, "--seeds")),
+        finetune_steps=finetune_steps,
+    )
+    run_quickstart(config)
