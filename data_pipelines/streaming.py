@@ -81,7 +81,9 @@ class MixtureStream(torch.utils.data.IterableDataset):
     """Streams all2all training examples from a weighted mixture of PDE families.
 
     `sources`: corpus folders and/or Hub dataset ids; `families`: which families (default all found);
-    `weights`: {family: weight} sampling probabilities (default proportional to trajectory counts);
+    `weights`: {family: weight} sampling probabilities (default proportional to trajectory counts; with
+    the default without-replacement strategy they set the order, and a family with a tiny weight is
+    drawn only after ~1/weight tries once the others are exhausted);
     `channels`: the model's channel layout (or a ChannelMap); `normalizer`: "auto" pools the sources'
     stats.json, None disables; `pairs_per_trajectory`: None = every all2all pair, k = k random pairs;
     `pde_vocabulary`: family names for `pde_id` / `coefficients` conditioning; `return_ids` adds the

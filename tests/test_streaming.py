@@ -103,7 +103,7 @@ def test_weights_order_the_mixture_and_bad_input(mixture, tmp_path):
     stream = MixtureStream(
         mixture,
         ["u", "v"],
-        weights={"alpha": 1.0, "beta": 1e-9},
+        weights={"alpha": 1.0, "beta": 1e-3},
         shuffle_buffer=1,
         pair_buffer=1,
         pairs_per_trajectory=1,
