@@ -166,6 +166,8 @@ class MixtureStream(torch.utils.data.IterableDataset):
         self.pde_vocabulary = list(pde_vocabulary) if pde_vocabulary is not None else None
         self.return_ids = return_ids
         self.epoch = 0
+        self._mixed: datasets.IterableDataset | None = None
+        self._mixture()
 
     def set_epoch(self, epoch: int) -> None:
         """Reshuffles the next epoch (same order on every rank for the same epoch)."""
@@ -180,21 +182,27 @@ class MixtureStream(torch.utils.data.IterableDataset):
             return load_dataset("parquet", data_files=files, split="train", streaming=True, features=FEATURES)
         return load_dataset(source, data_files=files, split="train", streaming=True, features=FEATURES)
 
-    def _pipeline(self, unit: int, units: int) -> datasets.IterableDataset:
-        streams = [self._family_stream(f) for f in self.families]
-        if len(streams) == 1:
+    def _mixture(self) -> datasets.IterableDataset:
+        """The interleaved, shuffled stream, built once (data files resolved once, then pickled to workers)."""
+        if self._mixed is None:
+            streams = [self._family_stream(f) for f in self.families]
             mixed = streams[0]
-        else:
-            mixed = interleave_datasets(
-                streams,
-                probabilities=self.probabilities,
-                seed=self.seed,
-                stopping_strategy=self.stopping_strategy,
-            )
-        if self.shuffle_buffer > 1:
-            mixed = mixed.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer)
+            if len(streams) > 1:
+                mixed = interleave_datasets(
+                    streams,
+                    probabilities=self.probabilities,
+                    seed=self.seed,
+                    stopping_strategy=self.stopping_strategy,
+                )
+            if self.shuffle_buffer > 1:
+                mixed = mixed.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer)
+            self._mixed = mixed
+        return self._mixed
+
+    def _pipeline(self, unit: int, units: int) -> datasets.IterableDataset:
+        mixed = split_dataset_by_node(self._mixture(), rank=unit, world_size=units, strategy="examples")
         mixed.set_epoch(self.epoch)
-        return split_dataset_by_node(mixed, rank=unit, world_size=units, strategy="examples")
+        return mixed
 
     def _rows(self, unit: int, units: int) -> Iterator[dict]:
         """Exactly ceil(epoch_length / units) rows of this unit's share, cycling if its share is short."""
