@@ -217,7 +217,13 @@ def _pipeline(cfg: QuickstartConfig, out: Path, hub: LocalHub, stages: Stages, c
         sim_trajectories=24,
         physguard=PhysGuardOptions(n_samples=64, max_rank=32, seed=cfg.seed),
     )
-    few_shot = run_few_shot(held_out_dir, study_dir, model=str(checkpoint), config=study, log=console.print)
+    few_shot = _finished_study(study_dir, str(checkpoint), study)
+    if few_shot is not None:
+        console.print(f"reusing the finished few-shot study in {study_dir}")
+    else:
+        few_shot = run_few_shot(
+            held_out_dir, study_dir, model=str(checkpoint), config=study, log=console.print
+        )
 
     stages.start("report", "writing the report")
     stages.finish()
@@ -240,6 +246,22 @@ def _pipeline(cfg: QuickstartConfig, out: Path, hub: LocalHub, stages: Stages, c
     write_quickstart_report(out, cfg, metrics, study_dir)
     console.rule("[bold green]quickstart finished")
     console.print(f"report:  {out / 'report.md'}\nmetrics: {out / 'metrics.json'}\nfigures: {study_dir}")
+    return metrics
+
+
+def _finished_study(study_dir: Path, model: str, study) -> dict | None:
+    """The metrics of a study already run with this checkpoint and configuration (metrics.json is written last)."""
+    from eval_suite.report import json_safe
+
+    path = study_dir / "metrics.json"
+    if not path.exists():
+        return None
+    metrics = json.loads(path.read_text())
+    if metrics.get("model") != model or metrics.get("config") != json_safe(study.to_dict()):
+        return None
+    for curve in metrics["curves"].values():  # JSON keys are strings; the study's are shot counts
+        for n in list(curve):
+            curve[int(n)] = curve.pop(n)
     return metrics
 
 

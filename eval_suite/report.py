@@ -13,15 +13,15 @@ import torch
 from data_pipelines.atomic import write_text_atomic
 
 
-def _clean(obj):
+def json_safe(obj):
     """JSON-safe: NaN/inf become null (strict JSON has no NaN), tuples become lists, keys strings,
     anything else JSON cannot hold (a dtype, a path) its string."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if obj is None or isinstance(obj, (str, int, bool)):
         return obj
     return str(obj)
@@ -58,7 +58,7 @@ def write_report(out: Path, title: str, sections: Sequence[tuple[str, str]], met
     for heading, text in sections:
         body += [f"## {heading}", "", text.rstrip(), ""]
     path = write_text_atomic(out / "report.md", "\n".join(body))
-    write_text_atomic(out / "metrics.json", json.dumps(_clean(metrics), indent=2, allow_nan=False) + "\n")
+    write_text_atomic(out / "metrics.json", json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
     return path
 
 
