@@ -27,28 +27,35 @@ class Split:
     indices: dict[str, list[int]]
 
 
-def load_trajectories(
-    data: str | Path | Sequence[Trajectory], *, revision: str | None = None
-) -> list[Trajectory]:
-    """Trajectories from a list, a file (any reader of `data_pipelines.formats`), a corpus folder or a Hub id.
+def load_trajectories(data: str | Path | Sequence[Trajectory]) -> list[Trajectory]:
+    """Trajectories from a list, a file (any reader of `data_pipelines.formats`), a folder of such files, a
+    pdefm corpus folder or a corpus Hub id.
 
     Every trajectory is validated (shapes, field names, NaN/Inf) with an error naming its source.
     """
     if isinstance(data, (str, Path)):
-        source = str(data)
-        path = Path(data)
+        from data_pipelines.corpus import DATA_DIR
+        from data_pipelines.corpus import load_trajectories as load_corpus
+        from data_pipelines.formats import read_any
+
+        source, path = str(data), Path(data)
         if path.is_file():
-            from data_pipelines.formats import read_any
-
             trajs = read_any(path)
+        elif path.is_dir() and not (path / DATA_DIR).is_dir():
+            trajs = [
+                t
+                for f in sorted(path.iterdir())
+                if f.is_file() and not f.name.startswith(".")
+                for t in read_any(f)
+            ]
+        elif path.is_dir() or (
+            not path.is_absolute() and source.count("/") == 1 and not source.startswith(".")
+        ):
+            trajs = load_corpus(source)
         else:
-            from data_pipelines.corpus import load_trajectories as load_corpus
-
-            if not path.exists() and (str(data).startswith((".", "/")) or str(data).count("/") != 1):
-                raise FileNotFoundError(
-                    f"data {source!r}: no such file or folder (and not a Hub id org/name)"
-                )
-            trajs = load_corpus(source) if revision is None else load_corpus(source, revision=revision)
+            raise FileNotFoundError(
+                f"data {source!r}: no such file or folder, and not a Hub dataset id org/name"
+            )
     else:
         source, trajs = "data", list(data)
     if not trajs:

@@ -193,3 +193,21 @@ def test_predict_and_rollout_match_the_exact_propagator():
 def test_generated_family_is_finite_and_shaped():
     trajs = family_trajectories("diffusion", 2)
     assert trajs[0].u.shape == (4, 2, 32, 32) and trajs[0].fields == ["s", "k"]
+
+
+def test_data_loads_from_corpus_folder_and_folder_of_files(tmp_path):
+    from data_pipelines.corpus import write_corpus
+
+    trajs = _trajs(3)
+    write_corpus(tmp_path / "corpus", trajs, progress=False)
+    loaded = load_trajectories(tmp_path / "corpus")
+    assert len(loaded) == 3 and np.allclose(
+        sorted(t.u.sum() for t in loaded), sorted(t.u.sum() for t in trajs)
+    )
+    files = tmp_path / "files"
+    files.mkdir()
+    for k, t in enumerate(trajs):
+        np.savez(files / f"traj{k}.npz", u=t.u, t=t.t, fields=np.array(t.fields))
+    assert len(load_trajectories(files)) == 3
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        load_trajectories(tmp_path / "missing")
