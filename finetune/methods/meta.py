@@ -201,7 +201,11 @@ def adapted_loss(
     """Mean query loss over `tasks` after inner-loop adaptation on each task's support set."""
     losses = []
     for task in tasks:
-        lr = float(lr_net(task.family_index, task.coefficients)) if lr_net is not None else options.inner_lr
+        lr = (
+            float(lr_net(task.family_index, task.coefficients).detach())
+            if lr_net is not None
+            else options.inner_lr
+        )
         theta = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
         fast, _ = adapt(
             model,
@@ -260,7 +264,7 @@ def meta_train(
             acc = {n: torch.zeros_like(p) for n, p in named.items()}
             for task in chunk:
                 lr_t = lr_net(task.family_index, task.coefficients) if lr_net is not None else None
-                lr = float(lr_t) if lr_t is not None else opts.inner_lr
+                lr = float(lr_t.detach()) if lr_t is not None else opts.inner_lr
                 grads, q_loss, hyper = meta_gradient(model, task, opts, lr)
                 for n, g in grads.items():
                     acc[n] += g / len(chunk)
