@@ -173,7 +173,7 @@ def bench_preset(preset: str, args, device) -> None:
         e, p = med[what]["eager"], med[what]["pdefm"]
         print(f"  {label}: eager {e * 1e3:9.1f} ms   pdefm {p * 1e3:9.1f} ms   speed-up {e / p:5.2f}x")
     tflops = flops / med["step"]["pdefm"] / 1e12
-    line = f"  train step: {flops / 1e9:.1f} GFLOP -> pdefm {tflops:.2f} TFLOP/s"
+    line = f"  train step: {flops / 1e9:.1f} GFLOP (fwd+bwd) -> pdefm {tflops * 1e3:.1f} GFLOP/s = {tflops:.3f} TFLOP/s"
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
