@@ -18,7 +18,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
 from foundation.attention import ScaledCosineSelfAttention, WindowAttention
-from foundation.conditioning import OperatorEmbedding, OperatorModulation, make_norm
+from foundation.conditioning import OperatorEmbedding, OperatorModulation, TimeConditionedNorm, make_norm
 from foundation.configuration_scot import ScOTConfig
 from foundation.loss import relative_group_loss
 from foundation.resampling import fft_resample
@@ -218,12 +218,19 @@ class ScOTPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
-        """Poseidon's released init: N(0, 0.02) linears/convs, zero biases, logit scale ln 10, layer scale 1e-6.
+        """Poseidon's released init (N(0, 0.02) linears/convs, zero biases, logit scale ln 10, layer scale 1e-6),
+        except that each time-conditioned norm starts as a plain LayerNorm: gamma(t) = 1 + O(0.02) t.
 
-        Operator-conditioning projections start at zero, so switching conditioning on changes nothing at init.
+        Poseidon's generic init zeroes gamma's bias, so every norm outputs ~0 and training from scratch
+        stalls at relative error 1 for its first hundred steps (measured: tiny scOT on ns_sines at 32x32,
+        mean loss over steps 70-80 is 0.73 with gamma ~ 0 and 0.34 with gamma ~ 1). Loading a checkpoint
+        overwrites every init. Operator-conditioning projections start at zero, so switching conditioning
+        on changes nothing at init.
         """
         super()._init_weights(module)
-        if isinstance(module, ScaledCosineSelfAttention):
+        if isinstance(module, TimeConditionedNorm):
+            module.weight.bias.fill_(1.0)  # direct write: transformers guards nn.init on initialised params
+        elif isinstance(module, ScaledCosineSelfAttention):
             module.logit_scale.fill_(torch.log(torch.tensor(10.0)).item())
         elif isinstance(module, ConvNeXtBlock):
             module.weight.fill_(1e-6)
@@ -272,7 +279,6 @@ class ScOT(ScOTPreTrainedModel):
         labels: torch.Tensor | None = None,
         pde_id: torch.Tensor | None = None,
         coefficients: torch.Tensor | None = None,
-        **kwargs,
     ) -> ScOTOutput:
         """pixel_values [B, C_in, H, H], time [B] lead time in [0, 1]; pixel_mask [B, C_out] or [B, C_out, H, H]
         (True = not scored: the output takes the label there); labels [B, C_out, H, H]; with operator conditioning
@@ -334,6 +340,9 @@ def _shape_error(name: str, expected: str, got) -> ValueError:
 def _check_inputs(cfg, pixel_values, time, pixel_mask, labels, pde_id, coefficients) -> None:
     """Clear errors for inputs the model cannot take: wrong rank/channels/shape, non-square, NaN/Inf."""
     cin, cout = cfg.num_channels, cfg.num_out_channels
+    for name, value in (("pixel_values", pixel_values), ("time", time)):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"ScOT.forward: {name} must be a torch.Tensor, got {type(value).__name__}")
     if pixel_values.dim() != 4 or pixel_values.shape[1] != cin:
         raise _shape_error("pixel_values", f"[B, {cin}, H, W]", pixel_values.shape)
     b, _, h, w = pixel_values.shape
