@@ -16,6 +16,10 @@ class OperatorModulation(nn.Linear):
     """Linear(E, 2d) from the operator embedding to (delta gamma, delta beta); initialised to zero."""
 
 
+class TimeScale(nn.Linear):
+    """Linear(1, d): the lead-time-dependent scale gamma(t) = W t + b of a time-conditioned norm."""
+
+
 class TimeConditionedNorm(nn.Module):
     """LayerNorm without affine parameters whose scale and shift are affine functions of the lead time."""
 
@@ -23,7 +27,7 @@ class TimeConditionedNorm(nn.Module):
         super().__init__()
         self.dim = dim
         self.eps = eps
-        self.weight = nn.Linear(1, dim)
+        self.weight = TimeScale(1, dim)
         self.bias = nn.Linear(1, dim)
         self.operator = OperatorModulation(operator_dim, 2 * dim) if operator_dim else None
 

@@ -18,7 +18,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
 from foundation.attention import ScaledCosineSelfAttention, WindowAttention
-from foundation.conditioning import OperatorEmbedding, OperatorModulation, TimeConditionedNorm, make_norm
+from foundation.conditioning import OperatorEmbedding, OperatorModulation, TimeScale, make_norm
 from foundation.configuration_scot import ScOTConfig
 from foundation.loss import relative_group_loss
 from foundation.resampling import fft_resample
@@ -228,8 +228,8 @@ class ScOTPreTrainedModel(PreTrainedModel):
         on changes nothing at init.
         """
         super()._init_weights(module)
-        if isinstance(module, TimeConditionedNorm):
-            module.weight.bias.fill_(1.0)  # direct write: transformers guards nn.init on initialised params
+        if isinstance(module, TimeScale):
+            module.bias.fill_(1.0)
         elif isinstance(module, ScaledCosineSelfAttention):
             module.logit_scale.fill_(torch.log(torch.tensor(10.0)).item())
         elif isinstance(module, ConvNeXtBlock):

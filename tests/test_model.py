@@ -224,3 +224,16 @@ def test_main_path_compiles_without_graph_breaks():
     x, t, y = _batch(side=16)
     explanation = torch._dynamo.explain(model)(x, t, labels=y)
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+
+
+def test_fresh_time_conditioned_norms_start_as_plain_layer_norms():
+    """gamma(t) = 1 + O(0.02) t, beta(t) = O(0.02) t: at t = 0 each norm is exactly a LayerNorm."""
+    from foundation.conditioning import TimeConditionedNorm
+
+    model = ScOT(ScOTConfig.from_preset("tiny", image_size=32))
+    norms = [m for m in model.modules() if isinstance(m, TimeConditionedNorm)]
+    assert norms
+    x = torch.randn(2, 5, norms[0].dim)
+    out = norms[0](x, torch.zeros(2, 1))
+    torch.testing.assert_close(out, torch.nn.functional.layer_norm(x, (norms[0].dim,)), rtol=0, atol=1e-6)
+    assert all(float(n.weight.weight.detach().std()) < 0.05 for n in norms)
