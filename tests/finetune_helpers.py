@@ -56,7 +56,11 @@ def pretrained_on_diffusion():
     norm = Normalizer.from_trajectories(trajs[:4])
     train_pairs, val_pairs = pair_dataset(trajs[:4], LAYOUT, norm), pair_dataset(trajs[4:], LAYOUT, norm)
     model = tiny_model(
-        0, num_channels=2, num_out_channels=2, field_names=LAYOUT, channel_slice_list_normalized_loss=[0, 1, 2]
+        0,
+        num_channels=2,
+        num_out_channels=2,
+        field_names=LAYOUT,
+        channel_slice_list_normalized_loss=[0, 1, 2],
     )
     train(model, train_pairs, val_pairs, config=TrainConfig(epochs=8, batch_size=8, lr=2e-3))
     return model, train_pairs, val_pairs, norm

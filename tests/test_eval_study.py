@@ -25,15 +25,6 @@ from foundation.loss import relative_group_loss
 from foundation.modeling_scot import ScOT
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two spinning threads are far slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def study_inputs(tmp_path_factory):
     """Ten 16x16 Navier-Stokes trajectories in an .npz and a tiny random scOT checkpoint with fields u, v."""

@@ -21,15 +21,6 @@ from finetune.predict import predict, rollout
 from finetune.trainer import TrainConfig, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 spinning threads per process run ~10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _trajs(n: int) -> list[Trajectory]:
     rng = np.random.default_rng(0)
     return [

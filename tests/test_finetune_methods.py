@@ -33,15 +33,6 @@ FAST = FullOptions(lr_backbone=1e-3, lr_embedding=2e-3, lr_time=2e-3)
 RUN = dict(n_val=1, n_test=1, epochs=2, batch_size=10)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 spinning threads per process run ~10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """The starting point: a tiny scOT briefly pretrained on diffusion, channels [s, k]."""

@@ -27,15 +27,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 STEPS = 6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on the shared 2-core CI machine two spinning threads make a step ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def corpora(tmp_path_factory):
     """A 2-family training corpus (8 trajectories each) and a held-out one from another seed, 32x32 grids."""

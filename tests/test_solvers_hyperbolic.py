@@ -22,15 +22,6 @@ ALL_FAMILIES = ["wave_layered", "wave_gauss", *FV_FAMILIES]
 GAMMA = 1.4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny grids are launch-bound; one intra-op thread avoids oversubscribing the shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def fv_runs():
     """Each finite-volume family over its full horizon: B = 2, 32^2, float64."""
