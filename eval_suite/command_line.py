@@ -13,6 +13,7 @@ import typer
 from typer.core import TyperGroup
 
 ENTRY_POINT_GROUP = "pdefm.commands"
+COMPLETION_OPTIONS = {"install_completion", "show_completion"}
 
 
 class PluginGroup(TyperGroup):
@@ -34,6 +35,8 @@ class PluginGroup(TyperGroup):
             return None  # a package that has not added commands to its group yet
         command = typer.main.get_command(app)
         command.name = name
+        # shell completion is the root command's business, not every group's
+        command.params = [p for p in command.params if p.name not in COMPLETION_OPTIONS]
         return command
 
 
@@ -41,7 +44,6 @@ main = typer.Typer(
     cls=PluginGroup,
     context_settings={"help_option_names": ["-h", "--help"]},
     no_args_is_help=True,
-    add_completion=False,
 )
 
 
