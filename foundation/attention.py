@@ -92,6 +92,12 @@ def window_geometry(grid: int, window_size: int, shifted: bool, device) -> Windo
     return _GEOMETRY_CACHE[key]
 
 
+def _unit_rows(x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.normalize(x, dim=-1) * scale` (same eps), with a several times cheaper backward."""
+    inv = torch.rsqrt(x.square().sum(dim=-1, keepdim=True).clamp_min(1e-24))
+    return x * (inv if scale is None else inv * scale)
+
+
 class ScaledCosineSelfAttention(nn.Module):
     """Parameters and score computation of one Swin-V2 attention (keys as HF `Swinv2SelfAttention`)."""
 
@@ -143,8 +149,8 @@ class ScaledCosineSelfAttention(nn.Module):
             bias = torch.cat([self.query.bias, torch.zeros_like(self.query.bias), self.value.bias])
         qkv = F.linear(windows, weight, bias).view(b * nw, n, 3, h, c // h).permute(2, 0, 3, 1, 4)
         scale = torch.exp(torch.clamp(self.logit_scale, max=_MAX_LOGIT_SCALE)).to(qkv.dtype)
-        q = F.normalize(qkv[0], dim=-1) * scale
-        k = F.normalize(qkv[1], dim=-1)
+        q = _unit_rows(qkv[0], scale)
+        k = _unit_rows(qkv[1])
         mask = self.additive_mask(geometry, q.dtype)  # [nW or 1, h, N, N]
         dropout = self.dropout if self.training else 0.0
         if mask.requires_grad and q.device.type == "cpu":
