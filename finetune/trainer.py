@@ -19,6 +19,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from transformers import get_cosine_schedule_with_warmup
 
+from foundation.pretrain.optimization import adamw
+
 GradTransform = Callable[[nn.Module], None]
 """Called with the model after `backward` and clipping, before `optimizer.step()`; edits `.grad` in place."""
 
@@ -96,7 +98,7 @@ def default_param_groups(model: nn.Module, lr: float, weight_decay: float) -> li
 def _make_optimizer(cfg: TrainConfig, groups: list[dict]) -> torch.optim.Optimizer:
     """AdamW (the recipe) or plain SGD (for which PhysGuard's projection is exact in parameter space)."""
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return adamw(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     raise ValueError(f"TrainConfig.optimizer must be 'adamw' or 'sgd', got {cfg.optimizer!r}")

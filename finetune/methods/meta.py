@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from data_pipelines.normalization import Normalizer
 from data_pipelines.semigroup import PairDataset, coefficient_vector
 from finetune.trainer import TrainResult, move_batch
+from foundation.pretrain.optimization import adamw
 
 
 @dataclass
@@ -243,7 +244,7 @@ def meta_train(
         num_families = 1 + max(t.family_index for t in [*train_tasks, *val_tasks])
         lr_net = InnerLR(num_families, max_lr=opts.max_inner_lr).to(opts.device)
         groups.append({"params": list(lr_net.parameters()), "lr": opts.outer_lr, "weight_decay": 0.0})
-    optimizer = torch.optim.AdamW(groups)
+    optimizer = adamw(groups)
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
 
     def snapshot():
