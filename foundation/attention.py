@@ -149,19 +149,19 @@ class ScaledCosineSelfAttention(nn.Module):
             bias = torch.cat([self.query.bias, torch.zeros_like(self.query.bias), self.value.bias])
         qkv = F.linear(windows, weight, bias).view(b * nw, n, 3, h, c // h).permute(2, 0, 3, 1, 4)
         scale = torch.exp(torch.clamp(self.logit_scale, max=_MAX_LOGIT_SCALE)).to(qkv.dtype)
-        q = _unit_rows(qkv[0], scale)
-        k = _unit_rows(qkv[1])
+        q, k, v = qkv.unbind(0)
+        q, k = _unit_rows(q, scale), _unit_rows(k)
         mask = self.additive_mask(geometry, q.dtype)  # [nW or 1, h, N, N]
         dropout = self.dropout if self.training else 0.0
         if mask.requires_grad and q.device.type == "cpu":
             # CPU SDPA kernels differentiate an additive mask several times slower than explicit matmuls.
             scores = (q @ k.transpose(-2, -1)).view(b, nw, h, n, n) + mask
             probs = F.dropout(torch.softmax(scores, dim=-1), dropout, self.training).view(b * nw, h, n, n)
-            out = probs @ qkv[2]
+            out = probs @ v
         else:
             if mask.shape[0] > 1:
                 mask = mask.unsqueeze(0).expand(b, nw, h, n, n).reshape(b * nw, h, n, n)
-            out = F.scaled_dot_product_attention(q, k, qkv[2], attn_mask=mask, dropout_p=dropout, scale=1.0)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=1.0)
         return out.transpose(1, 2).reshape(b, nw, n, c)
 
 
