@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from datasets import Dataset, Features, List, Value
 from tqdm.auto import tqdm
 
+from data_pipelines.atomic import write_text_atomic
 from data_pipelines.normalization import FieldStatistics
 from data_pipelines.trajectory import Trajectory
 
@@ -146,14 +147,12 @@ def _settings_guard(out: Path, settings: dict) -> dict:
         return previous
     state = {"settings": settings, "skipped": {}}
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(state, indent=1))
+    write_text_atomic(path, json.dumps(state, indent=1))
     return state
 
 
 def _save_state(out: Path, state: dict) -> None:
-    tmp = out / "generation.json.tmp"
-    tmp.write_text(json.dumps(state, indent=1))
-    os.replace(tmp, out / "generation.json")
+    write_text_atomic(out / "generation.json", json.dumps(state, indent=1))
 
 
 def _existing_shard_ok(path: Path) -> bool:
@@ -355,7 +354,7 @@ def finalize_corpus(
         "settings": state.get("settings", {}),
         "format": {"u": "raw little-endian float32 bytes, reshape to 'shape' = [T, C, H, W]"},
     }
-    (root / "stats.json").write_text(json.dumps(stats, indent=1))
+    write_text_atomic(root / "stats.json", json.dumps(stats, indent=1))
     write_card(root, stats, registry_families)
     return stats
 

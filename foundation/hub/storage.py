@@ -21,12 +21,13 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from data_pipelines.atomic import write_bytes_atomic
 
 REPO_TYPES = ("model", "dataset", "space")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -83,23 +84,8 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _write_json(path: Path, obj) -> None:
-    _write_atomic(path, json.dumps(obj, indent=1, sort_keys=True).encode())
+    write_bytes_atomic(path, json.dumps(obj, indent=1, sort_keys=True).encode())
 
 
 @dataclass
@@ -157,7 +143,7 @@ class RepoStore:
         oid = git_blob_sha1(data)
         path = self.blob_path(oid)
         if not path.exists():
-            _write_atomic(path, data)
+            write_bytes_atomic(path, data)
         return oid
 
     # ---- repo lifecycle ----------------------------------------------------------------------------

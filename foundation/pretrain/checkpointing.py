@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data_pipelines.atomic import write_bytes_atomic
+
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 
@@ -34,15 +36,6 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -89,22 +82,22 @@ def save_checkpoint(
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    _write_atomic(tmp / f"rng-{accelerator.process_index}.json", json.dumps(rng_state()).encode())
+    write_bytes_atomic(tmp / f"rng-{accelerator.process_index}.json", json.dumps(rng_state()).encode())
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(tmp / "model", safe_serialization=True)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         state = {**trainer_state, "world_size": accelerator.num_processes}
-        _write_atomic(tmp / "trainer_state.json", json.dumps(state, indent=1).encode())
+        write_bytes_atomic(tmp / "trainer_state.json", json.dumps(state, indent=1).encode())
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         manifest = {str(p.relative_to(tmp)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
-        _write_atomic(tmp / "manifest.json", json.dumps(manifest, indent=1).encode())
+        write_bytes_atomic(tmp / "manifest.json", json.dumps(manifest, indent=1).encode())
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync_dir(root)
-        _write_atomic(root / LATEST, name.encode())
+        write_bytes_atomic(root / LATEST, name.encode())
         _fsync_dir(root)
         steps = sorted(p for p in root.glob("step-*") if p.is_dir())
         for old in steps[: max(0, len(steps) - keep)]:
