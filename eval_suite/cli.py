@@ -6,8 +6,11 @@ from pathlib import Path
 
 import typer
 
+from eval_suite.quickstart import QuickstartConfig
+
 eval_app = typer.Typer(help="Zero-shot, few-shot and scaling-law studies with reports.", no_args_is_help=True)
 quickstart_app = typer.Typer(help="The whole product end to end, offline, on a laptop.")
+QS = QuickstartConfig()  # the quickstart's embedded defaults
 
 
 def _ints(spec: str, option: str) -> list[int]:
@@ -150,24 +153,32 @@ def scaling(
 
 @quickstart_app.command()
 def quickstart(
-    out: Path = typer.Option(
-        Path("quickstart-out"), help="Output folder (report.md, metrics.json, figures)."
+    out: Path = typer.Option(QS.out, help="Output folder (report.md, metrics.json, figures)."),
+    minutes: float = typer.Option(
+        QS.minutes, help="Wall-clock target on 2 CPU cores; pretraining gets 40% of it."
     ),
-    minutes: float = typer.Option(15.0, help="Wall-clock target on 2 CPU cores; pretraining gets 40% of it."),
-    held_out: str = typer.Option("ns_pwc", help="PDE family kept out of pretraining and adapted few-shot."),
-    trajectories: int = typer.Option(32, help="Trajectories per pretraining family."),
-    pretrain_steps: int = typer.Option(1200, help="Pretraining optimizer steps (capped by the time budget)."),
-    shots: str = typer.Option("2,4,8,16", help="Few-shot training trajectories, comma-separated."),
-    seeds: str = typer.Option("0", help="Seeds of the few-shot runs, comma-separated."),
+    held_out: str = typer.Option(
+        QS.held_out, help="PDE family kept out of pretraining and adapted few-shot."
+    ),
+    trajectories: int = typer.Option(QS.trajectories, help="Trajectories per pretraining family."),
+    pretrain_steps: int = typer.Option(
+        QS.pretrain_steps, help="Pretraining optimizer steps (capped by the time budget)."
+    ),
+    shots: str = typer.Option(
+        ",".join(map(str, QS.shots)), help="Few-shot training trajectories, comma-separated."
+    ),
+    seeds: str = typer.Option(
+        ",".join(map(str, QS.seeds)), help="Seeds of the few-shot runs, comma-separated."
+    ),
     finetune_steps: int = typer.Option(
-        120, help="Optimizer steps of every few-shot run (methods and baselines)."
+        QS.finetune_steps, help="Optimizer steps of every few-shot run (methods and baselines)."
     ),
 ) -> None:
     """Run pdefm end to end offline: local Hub, generated corpus, pretraining, few-shot adaptation, report.
 
-    Reruns reuse the corpus, the pretrained model and the download cache in OUT.
+    Reruns reuse the corpus, the pretrained model and the finished study in OUT.
     """
-    from eval_suite.quickstart import QuickstartConfig, run_quickstart
+    from eval_suite.quickstart import run_quickstart
 
     config = QuickstartConfig(
         out=out,

@@ -49,16 +49,16 @@ class QuickstartConfig:
         "allen_cahn",
     )
     held_out: str = "ns_pwc"
-    trajectories: int = 32
+    trajectories: int = 24
     """Per pretraining family."""
     resolution: int = 32
     snapshots: int = 11
     pretrain_steps: int = 1200
     pretrain_share: float = 0.4
     batch_size: int = 16
-    shots: tuple[int, ...] = (2, 4, 8, 16)
+    shots: tuple[int, ...] = (2, 4, 8)
     seeds: tuple[int, ...] = (0,)
-    finetune_steps: int = 120
+    finetune_steps: int = 100
     n_val: int = 2
     n_test: int = 8
     candidates: tuple[str, ...] = (*METHODS, *SCRATCH_BASELINES)
