@@ -151,6 +151,10 @@ def _pipeline(cfg: QuickstartConfig, out: Path, hub: LocalHub, stages: Stages, c
     from foundation.pretrain.loop import pretrain
 
     torch.manual_seed(cfg.seed)
+    # The tiny model is overhead-bound: extra intra-op threads gain little and, when the Hub server and the
+    # data stream want a core too, OpenMP barriers spin (a fused AdamW step went from 20 ms to 400 ms with
+    # 2 threads on 2 busy cores). Half the cores stay free for them.
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     data_settings = cfg.settings("pretrain_families", "trajectories", "resolution", "snapshots", "seed")
     data_key = fingerprint(data_settings)
     corpus_dir = out / "corpus" / f"pretrain-{data_key}"
