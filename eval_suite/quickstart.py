@@ -44,25 +44,36 @@ class QuickstartConfig:
         "ns_sines",
         "ns_gauss",
         "ns_shear_layer",
-        "burgers",
+        "ns_pwc",
         "advection",
         "allen_cahn",
     )
-    held_out: str = "ns_pwc"
+    held_out: str = "burgers"
     trajectories: int = 24
     """Per pretraining family."""
     resolution: int = 32
     snapshots: int = 11
-    pretrain_steps: int = 1200
+    pretrain_steps: int = 2400
     pretrain_share: float = 0.4
     batch_size: int = 16
     shots: tuple[int, ...] = (2, 4, 8)
     seeds: tuple[int, ...] = (0,)
     finetune_steps: int = 100
+    eval_lead_time: float = 0.3
+    """Fraction of the horizon predicted from snapshot 0 in the few-shot scores. Burgers at the full
+    horizon (lead 1.0) moves its shocks so far that even persistence scores relative L1 1.8; few shots and
+    100 steps cannot learn that, while at 0.3 every candidate has something to learn and to transfer."""
     n_val: int = 2
     n_test: int = 8
     candidates: tuple[str, ...] = (*METHODS, *SCRATCH_BASELINES)
     seed: int = 0
+
+    def __post_init__(self):
+        if self.held_out in self.pretrain_families:
+            raise ValueError(
+                f"quickstart: the held-out family {self.held_out!r} is also a pretraining family "
+                f"{list(self.pretrain_families)}; pick another --held-out"
+            )
 
     @property
     def held_out_trajectories(self) -> int:
@@ -215,6 +226,7 @@ def _pipeline(cfg: QuickstartConfig, out: Path, hub: LocalHub, stages: Stages, c
         n_val=cfg.n_val,
         n_test=cfg.n_test,
         split_seed=cfg.seed,
+        target_index=round(cfg.eval_lead_time * (cfg.snapshots - 1)),
         budget=Budget(epochs=10_000, max_steps=cfg.finetune_steps, batch_size=cfg.batch_size, stride=2),
         baseline_options={"scot_scratch": {"image_size": cfg.resolution}},
         sim_data=str(corpus_dir),
@@ -331,9 +343,9 @@ def write_quickstart_report(out: Path, cfg: QuickstartConfig, metrics: dict, stu
         rows.append(["zero-shot (no adaptation)"] + [zs["summary"]["rel_l1"]["median"]] * len(shots))
     errors = table(["candidate"] + [f"{n} shots" for n in shots], rows)
     errors += (
-        "\n\nMedian over test trajectories of the relative L1 error (Poseidon's metric) of the prediction at the "
-        "last snapshot from snapshot 0, in physical units; mean over seeds. Every candidate gets the same shots, "
-        f"steps ({cfg.finetune_steps}) and batch size."
+        "\n\nMedian over test trajectories of the relative L1 error (Poseidon's metric) of the prediction at "
+        f"lead time {cfg.eval_lead_time:g} of the horizon from snapshot 0, in physical units; mean over seeds. "
+        f"Every candidate gets the same shots, steps ({cfg.finetune_steps}) and batch size."
     )
     ratio_rows = []
     for n in shots:

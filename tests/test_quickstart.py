@@ -42,7 +42,8 @@ def test_quickstart_runs_offline_to_a_report_and_reuses_its_cache(tmp_path):
     assert "summary" in metrics["few_shot"]["zero_shot"]  # the held-out fields fit the checkpoint
     assert set(metrics["verdict"]) == {"2"}
     report = (out / "report.md").read_text()
-    assert "Few-shot on the held-out family ns_pwc" in report and "| full |" in report
+    held_out = metrics["quickstart"]["held_out"]
+    assert f"Few-shot on the held-out family {held_out}" in report and "| full |" in report
     for png in ("few_shot_curve.png", "fields_full.png", "fields_fno.png", "error_spectra.png"):
         assert (out / "few-shot" / png).stat().st_size > 1000
         assert f"few-shot/{png}" in report
@@ -56,3 +57,11 @@ def test_quickstart_runs_offline_to_a_report_and_reuses_its_cache(tmp_path):
     again = json.loads((out / "metrics.json").read_text())
     assert again["few_shot"]["curves"] == metrics["few_shot"]["curves"]
     assert again["stage_seconds"]["pretrain"] < metrics["stage_seconds"]["pretrain"]
+
+
+def test_held_out_family_must_not_be_pretrained_on():
+    from eval_suite.quickstart import QuickstartConfig
+
+    with pytest.raises(ValueError, match="also a pretraining family"):
+        QuickstartConfig(held_out="ns_sines")
+    assert QuickstartConfig().held_out_trajectories == max(QuickstartConfig().shots) + 2 + 8

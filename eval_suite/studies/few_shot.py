@@ -44,6 +44,8 @@ class FewShotConfig:
     n_test: int = 8
     mode: str = "direct"
     rollout_stride: int = 1
+    target_index: int | None = None
+    """Snapshot predicted from snapshot 0 (default: the last one)."""
     fields: list[str] | None = None
     split_seed: int = 0
     budget: Budget = field(default_factory=Budget)
@@ -61,7 +63,7 @@ def evaluate_operator(
     op: TrainedOperator, test: Sequence[Trajectory], config: FewShotConfig
 ) -> tuple[dict, Forecast]:
     """Summary of every metric of `op` on the test trajectories, and the forecast itself (for figures)."""
-    fc = forecast(op, test, mode=config.mode, stride=config.rollout_stride)
+    fc = forecast(op, test, mode=config.mode, target_index=config.target_index, stride=config.rollout_stride)
     return score(fc)[0], fc
 
 
@@ -225,7 +227,8 @@ def _sections(metrics: dict, results: dict, shots: list[int], figs: dict[str, Pa
             f"- data: `{metrics['data']}` ({metrics['n_trajectories']} trajectories, fields {metrics['fields']})",
             f"- checkpoint: `{metrics['model']}`",
             f"- shots {shots}, seeds {cfg['seeds']}, {cfg['n_val']} validation and {cfg['n_test']} fixed test "
-            f"trajectories, evaluation `{cfg['mode']}` from snapshot 0 to the last snapshot",
+            f"trajectories, evaluation `{cfg['mode']}` from snapshot 0 to snapshot "
+            f"{cfg['target_index'] if cfg['target_index'] is not None else 'T-1 (the last)'}",
             f"- budget (every candidate): {cfg['budget']}",
             f"- environment: {metrics['environment']}",
         ]
