@@ -207,18 +207,7 @@ def adapted_loss(
             if lr_net is not None
             else options.inner_lr
         )
-        theta = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-        fast, _ = adapt(
-            model,
-            theta,
-            task.support,
-            steps=options.inner_steps,
-            lr=lr,
-            clip=options.inner_clip,
-            batch_size=options.batch_size,
-            device=options.device,
-        )
-        losses.append(_loss_and_grads(model, fast, task.query, options.batch_size, options.device)[0])
+        losses.append(meta_gradient(model, task, options, lr)[1])
     return float(np.mean(losses))
 
 
