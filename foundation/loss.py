@@ -29,3 +29,19 @@ def relative_group_loss(
         scale = y.abs().mean() if p == 1 else y.square().mean()
         terms.append(distance(output[:, lo:hi], y) / (scale + 1e-10))
     return torch.stack(terms).mean()
+
+
+def masked_output_and_loss(
+    output: torch.Tensor,
+    labels: torch.Tensor | None,
+    pixel_mask: torch.Tensor | None,
+    channel_slices,
+    p: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Poseidon's tail of every forward: masked entries take the label (scoring 0 but still counted in the
+    denominator), then the relative group loss when labels are given. `pixel_mask` is [B, C] or [B, C, H, W]."""
+    if pixel_mask is not None:
+        mask = pixel_mask[:, :, None, None] if pixel_mask.dim() == 2 else pixel_mask
+        output = torch.where(mask, labels.to(output.dtype), output)
+    loss = None if labels is None else relative_group_loss(output, labels, channel_slices, p)
+    return output, loss

@@ -20,7 +20,7 @@ from transformers.utils import ModelOutput
 from foundation.attention import ScaledCosineSelfAttention, WindowAttention
 from foundation.conditioning import OperatorEmbedding, OperatorModulation, TimeScale, make_norm
 from foundation.configuration_scot import ScOTConfig
-from foundation.loss import relative_group_loss
+from foundation.loss import masked_output_and_loss
 from foundation.resampling import fft_resample
 
 
@@ -324,12 +324,9 @@ class ScOT(ScOTPreTrainedModel):
             output = output + x[:, : cfg.num_out_channels]
         if resample:
             output = fft_resample(output, side)
-        if pixel_mask is not None:
-            mask = pixel_mask[:, :, None, None] if pixel_mask.dim() == 2 else pixel_mask
-            output = torch.where(mask, labels.to(output.dtype), output)
-        loss = None
-        if labels is not None:
-            loss = relative_group_loss(output, labels, cfg.channel_slice_list_normalized_loss, cfg.p)
+        output, loss = masked_output_and_loss(
+            output, labels, pixel_mask, cfg.channel_slice_list_normalized_loss, cfg.p
+        )
         return ScOTOutput(loss=loss, output=output)
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from foundation.loss import relative_group_loss
+from foundation.loss import masked_output_and_loss
 from foundation.modeling_scot import ScOTOutput
 
 
@@ -53,12 +53,7 @@ class TimeConditionedOperator(nn.Module):
         b, _, h, w = pixel_values.shape
         t = time.reshape(b, 1, 1, 1).to(pixel_values.dtype).expand(b, 1, h, w)
         output = self.net(torch.cat([pixel_values, t], dim=1))
-        if pixel_mask is not None:
-            if labels is None:
-                raise ValueError("pixel_mask needs labels (masked entries take the label's value)")
-            mask = pixel_mask[:, :, None, None] if pixel_mask.dim() == 2 else pixel_mask
-            output = torch.where(mask, labels.to(output.dtype), output)
-        loss = None
-        if labels is not None:
-            loss = relative_group_loss(output, labels, self.channel_slices, self.p)
+        if pixel_mask is not None and labels is None:
+            raise ValueError("pixel_mask needs labels (masked entries take the label's value)")
+        output, loss = masked_output_and_loss(output, labels, pixel_mask, self.channel_slices, self.p)
         return ScOTOutput(loss=loss, output=output)
