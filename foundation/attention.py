@@ -4,7 +4,8 @@ Semantics are HF `Swinv2SelfAttention`'s, as Poseidon uses it: q, k L2-normalise
 exp(min(logit_scale, ln 100)), plus 16*sigmoid(CPB) and the shifted-window mask. Here the logit scale is folded
 into q, the bias and the shift mask form one additive mask for `scaled_dot_product_attention`, the q/k/v
 projections run as one matmul, and the geometric constants (coordinate table, index, shift mask) are built once per
-(grid, window, shift, device). Under `no_grad` the whole additive mask is cached until the CPB weights change.
+(grid, window, shift, device). While the CPB is not being trained the whole additive mask is cached until its
+weights change.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from foundation.position_bias import continuous_position_bias
 
 SHIFT_MASK_VALUE = -200.0
 """HF Swinv2 adds its -100 shift mask twice; the same value keeps outputs identical."""
@@ -116,23 +119,40 @@ class ScaledCosineSelfAttention(nn.Module):
         self.value = nn.Linear(dim, dim, bias=qkv_bias)
         self._mask_cache: dict[tuple, tuple[tuple[int, ...], torch.Tensor]] = {}
 
-    def position_bias(self, geometry: WindowGeometry, dtype: torch.dtype) -> torch.Tensor:
+    def _project(self, windows: torch.Tensor) -> torch.Tensor:
+        """[..., C] -> [..., 3C] of q, k, v: one matmul for plain linears; module by module once wrapped
+        (a peft LoRA layer on query/key/value must run its own forward)."""
+        layers = (self.query, self.key, self.value)
+        if any(type(layer) is not nn.Linear for layer in layers):
+            return torch.cat([layer(windows) for layer in layers], dim=-1)
+        weight = torch.cat([layer.weight for layer in layers])
+        bias = None
+        if self.query.bias is not None:
+            bias = torch.cat([self.query.bias, torch.zeros_like(self.query.bias), self.value.bias])
+        return F.linear(windows, weight, bias)
+
+    def position_bias(self, geometry: WindowGeometry) -> torch.Tensor:
         """16*sigmoid(CPB) gathered to [h, N, N]."""
-        table = self.continuous_position_bias_mlp(geometry.coords_table.to(dtype))  # [(2w-1)^2, h]
-        n = geometry.window**2
-        bias = table[geometry.index.reshape(-1)].view(n, n, self.num_heads).permute(2, 0, 1)
-        return 16.0 * torch.sigmoid(bias)
+        return continuous_position_bias(
+            geometry.coords_table, geometry.index, self.continuous_position_bias_mlp, self.num_heads
+        )
+
+    def _position_bias_trains(self) -> bool:
+        return torch.is_grad_enabled() and any(
+            p.requires_grad for p in self.continuous_position_bias_mlp.parameters()
+        )
 
     def additive_mask(self, geometry: WindowGeometry, dtype: torch.dtype) -> torch.Tensor:
-        """Position bias plus shift mask, [nW or 1, h, N, N]; cached under no_grad while the CPB is unchanged."""
-        cacheable = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        """Position bias plus shift mask, [nW or 1, h, N, N]; cached while the CPB weights are unchanged, unless
+        they are being trained."""
+        cacheable = not self._position_bias_trains() and not torch.compiler.is_compiling()
         if cacheable:
             key = (geometry.padded, geometry.window, geometry.shift, geometry.index.device, dtype)
             versions = tuple(p._version for p in self.continuous_position_bias_mlp.parameters())
             hit = self._mask_cache.get(key)
             if hit is not None and hit[0] == versions:
                 return hit[1]
-        mask = self.position_bias(geometry, dtype).unsqueeze(0)
+        mask = self.position_bias(geometry).to(dtype).unsqueeze(0)
         if geometry.shift_mask is not None:
             mask = mask + geometry.shift_mask.to(dtype)
         if cacheable:
@@ -143,22 +163,19 @@ class ScaledCosineSelfAttention(nn.Module):
         """windows [B, nW, N, C] -> attended values [B, nW, N, C]."""
         b, nw, n, c = windows.shape
         h = self.num_heads
-        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
-        bias = None
-        if self.query.bias is not None:
-            bias = torch.cat([self.query.bias, torch.zeros_like(self.query.bias), self.value.bias])
-        qkv = F.linear(windows, weight, bias).view(b * nw, n, 3, h, c // h).permute(2, 0, 3, 1, 4)
-        scale = torch.exp(torch.clamp(self.logit_scale, max=_MAX_LOGIT_SCALE)).to(qkv.dtype)
-        q, k, v = qkv.unbind(0)
+        q, k, v = self._project(windows).view(b * nw, n, 3, h, c // h).permute(2, 0, 3, 1, 4).unbind(0)
+        scale = torch.exp(torch.clamp(self.logit_scale, max=_MAX_LOGIT_SCALE)).to(q.dtype)
         q, k = _unit_rows(q, scale), _unit_rows(k)
-        mask = self.additive_mask(geometry, q.dtype)  # [nW or 1, h, N, N]
         dropout = self.dropout if self.training else 0.0
-        if mask.requires_grad and q.device.type == "cpu":
+        if q.device.type == "cpu" and self._position_bias_trains():
             # CPU SDPA kernels differentiate an additive mask several times slower than explicit matmuls.
-            scores = (q @ k.transpose(-2, -1)).view(b, nw, h, n, n) + mask
+            scores = (q @ k.transpose(-2, -1)).view(b, nw, h, n, n) + self.position_bias(geometry).to(q.dtype)
+            if geometry.shift_mask is not None:
+                scores += geometry.shift_mask.to(q.dtype)  # a constant: no gradient to route
             probs = F.dropout(torch.softmax(scores, dim=-1), dropout, self.training).view(b * nw, h, n, n)
             out = probs @ v
         else:
+            mask = self.additive_mask(geometry, q.dtype)  # [nW or 1, h, N, N]
             if mask.shape[0] > 1:
                 mask = mask.unsqueeze(0).expand(b, nw, h, n, n).reshape(b * nw, h, n, n)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=1.0)

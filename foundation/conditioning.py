@@ -37,12 +37,13 @@ class TimeConditionedNorm(nn.Module):
         """x [B, ..., d], time [B, 1], operator [B, E] (only with operator conditioning)."""
         x = F.layer_norm(x, (self.dim,), eps=self.eps)
         time = time.to(x.dtype)
-        gamma, beta = self.weight(time), self.bias(time)
+        gamma = torch.addcmul(self.weight.bias, time, self.weight.weight.t())  # Linear(1, d)(t), one op
+        beta = torch.addcmul(self.bias.bias, time, self.bias.weight.t())
         if self.operator is not None:
             d_gamma, d_beta = self.operator(operator.to(x.dtype)).chunk(2, dim=-1)
             gamma, beta = gamma + d_gamma, beta + d_beta
         shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (self.dim,)
-        return x * gamma.view(shape) + beta.view(shape)
+        return torch.addcmul(beta.view(shape), x, gamma.view(shape))
 
 
 class UnconditionedLayerNorm(nn.LayerNorm):

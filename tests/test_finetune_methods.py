@@ -15,6 +15,7 @@ from finetune_helpers import (
     pretrained_checkpoint,
     pretrained_on_diffusion,
     tiny_checkpoint,
+    tiny_model,
 )
 from safetensors.torch import load_file
 from torch import nn
@@ -91,6 +92,22 @@ def test_lora_with_channel_surgery_trains_embedding_and_recovery_fully(tmp_path)
     assert sum(p.numel() for p in wrapped.parameters() if p.requires_grad) == expected
     trainable = {n for n, p in wrapped.named_parameters() if p.requires_grad}
     assert all("lora_" in n or "modules_to_save" in n for n in trainable)
+
+
+def test_every_lora_adapter_is_on_the_forward_path():
+    """Each adapter, the attention's query/key/value included, gets a gradient (none is silently bypassed)."""
+    torch.manual_seed(0)
+    wrapped = lora_method.wrap(tiny_model(0), lora_method.LoraOptions(rank=2))
+    with torch.no_grad():
+        for name, p in wrapped.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.1)  # peft starts B at zero, which would zero every A gradient
+    batch = _probe(4)
+    wrapped.train()(**batch, labels=torch.randn_like(batch["pixel_values"])).loss.backward()
+    adapters = {n: p for n, p in wrapped.named_parameters() if "lora_" in n}
+    assert any(".attention.self.query." in n for n in adapters)
+    silent = [n for n, p in adapters.items() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert silent == []
 
 
 def test_lora_trains_only_adapters_merges_exactly_and_reloads(checkpoint, new_family, tmp_path):
