@@ -21,7 +21,7 @@ class ContinuousPositionBias(torch.autograd.Function):
     def forward(coords, index, w1, b1, w2):
         with torch.autocast(coords.device.type, enabled=False):
             hidden = torch.addmm(b1, coords.to(w1.dtype), w1.t()).relu_()  # [P, H]
-            table = torch.sigmoid(hidden @ w2.t()).t()  # [h, P] (a view; the products are F.linear's)
+            table = torch.sigmoid(hidden @ w2.t()).t().contiguous()  # [h, P]; the products are F.linear's
             return 16.0 * table.index_select(1, index), hidden, table
 
     @staticmethod
@@ -40,7 +40,7 @@ class ContinuousPositionBias(torch.autograd.Function):
         )  # sum over pairs sharing an offset
         grad_logits = grad_table * (16.0 * table * (1.0 - table))  # [h, P]
         grad_w2 = grad_logits @ hidden  # [h, H]
-        grad_hidden = (grad_logits.t() @ w2).masked_fill_(hidden <= 0, 0.0)  # [P, H], through the ReLU
+        grad_hidden = torch.ops.aten.threshold_backward(grad_logits.t() @ w2, hidden, 0.0)  # [P, H]
         grad_w1 = (coords.to(hidden.dtype).t() @ grad_hidden).t()  # [H, 2]
         return None, None, grad_w1, grad_hidden.sum(0), grad_w2
 

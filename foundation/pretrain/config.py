@@ -43,6 +43,8 @@ class PretrainConfig:
     max_grad_norm: float = 5.0
     mixed_precision: str = "auto"
     gradient_checkpointing: bool = False
+    compile_blocks: bool = False
+    """torch.compile each Swin/ConvNeXt block (`ScOT.compile_blocks`): faster steps after a one-off compile."""
     num_workers: int = 0
     pairs_per_trajectory: int | None = None
     shuffle_buffer: int = 64

@@ -77,7 +77,9 @@ def build_model(config: PretrainConfig, channels: list[str]) -> ScOT:
     fields["channel_slice_list_normalized_loss"] = list(range(len(channels) + 1))
     model = ScOT(ScOTConfig.from_preset(config.preset, **{**fields, **config.model_overrides}))
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable()  # non-reentrant checkpoints
+    if config.compile_blocks:
+        model.compile_blocks()
     return model
 
 
