@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from data_pipelines import comma_lists
+
 app = typer.Typer(help="Generate, inspect, convert and push multi-PDE corpora.", no_args_is_help=True)
 
 
@@ -76,10 +78,9 @@ def convert(
     from data_pipelines.corpus import write_corpus
     from data_pipelines.formats import read_any
 
-    names = [f.strip() for f in fields.split(",")] if fields else None
     trajs = []
     for src in sources:
-        trajs += read_any(src, fields=names, pde=pde, variable=variable)
+        trajs += read_any(src, fields=comma_lists.names(fields), pde=pde, variable=variable)
     stats = write_corpus(
         out, trajs, shard_size, on_invalid="skip" if skip_invalid else "error", source=",".join(sources)
     )

@@ -6,24 +6,12 @@ from pathlib import Path
 
 import typer
 
+from data_pipelines.comma_lists import integers, names
 from eval_suite.quickstart import QuickstartConfig
 
 eval_app = typer.Typer(help="Zero-shot, few-shot and scaling-law studies with reports.", no_args_is_help=True)
 quickstart_app = typer.Typer(help="The whole product end to end, offline, on a laptop.")
 QS = QuickstartConfig()  # the quickstart's embedded defaults
-
-
-def _ints(spec: str, option: str) -> list[int]:
-    try:
-        return [int(v) for v in spec.split(",") if v.strip()]
-    except ValueError:
-        raise typer.BadParameter(
-            f"expected comma-separated integers, got {spec!r}", param_hint=option
-        ) from None
-
-
-def _names(spec: str | None) -> list[str] | None:
-    return [v.strip() for v in spec.split(",") if v.strip()] if spec else None
 
 
 def _budget(epochs: int, max_steps: int | None, batch_size: int, lr: float, device: str):
@@ -63,14 +51,14 @@ def few_shot(
     from eval_suite.studies.few_shot import FewShotConfig, run_few_shot
 
     config = FewShotConfig(
-        shots=_ints(shots, "--shots"),
-        seeds=_ints(seeds, "--seeds"),
-        candidates=_names(candidates),
+        shots=integers(shots, "--shots"),
+        seeds=integers(seeds, "--seeds"),
+        candidates=names(candidates),
         n_val=val,
         n_test=test,
         mode=mode,
         rollout_stride=rollout_stride,
-        fields=_names(fields),
+        fields=names(fields),
         budget=_budget(epochs, max_steps, batch_size, lr, device),
         sim_data=sim_data,
     )
@@ -134,8 +122,8 @@ def scaling(
 
     config = ScalingConfig(
         axis=axis,
-        values=_ints(values, "--values") if values else None,
-        families=_names(families),
+        values=integers(values, "--values") if values else None,
+        families=names(families),
         target_family=target_family,
         target_shots=target_shots,
         trajectories=trajectories,
@@ -143,7 +131,7 @@ def scaling(
         resolution=resolution,
         snapshots=snapshots,
         n_test=test,
-        seeds=_ints(seeds, "--seeds"),
+        seeds=integers(seeds, "--seeds"),
         bootstrap=bootstrap,
         budget=_budget(epochs, max_steps, batch_size, lr, device),
     )
@@ -186,8 +174,8 @@ def quickstart(
         held_out=held_out,
         trajectories=trajectories,
         pretrain_steps=pretrain_steps,
-        shots=tuple(_ints(shots, "--shots")),
-        seeds=tuple(_ints(seeds, "--seeds")),
+        shots=tuple(integers(shots, "--shots")),
+        seeds=tuple(integers(seeds, "--seeds")),
         finetune_steps=finetune_steps,
     )
     run_quickstart(config)

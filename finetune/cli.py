@@ -6,11 +6,9 @@ from pathlib import Path
 
 import typer
 
+from data_pipelines.comma_lists import names
+
 app = typer.Typer(help="Adapt a pretrained model few-shot: full, LoRA, meta-learning or PhysGuard.")
-
-
-def _fields(spec: str | None) -> list[str] | None:
-    return [f.strip() for f in spec.split(",") if f.strip()] if spec else None
 
 
 @app.command()
@@ -101,7 +99,7 @@ def finetune(
             shots,
             method,
             out,
-            fields=_fields(fields),
+            fields=names(fields),
             n_val=val,
             n_test=test,
             epochs=epochs,

@@ -169,9 +169,10 @@ class ScaledCosineSelfAttention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         if q.device.type == "cpu" and self._position_bias_trains():
             # CPU SDPA kernels differentiate an additive mask several times slower than explicit matmuls.
-            scores = (q @ k.transpose(-2, -1)).view(b, nw, h, n, n) + self.position_bias(geometry).to(q.dtype)
+            mask = self.position_bias(geometry).to(q.dtype)
             if geometry.shift_mask is not None:
-                scores += geometry.shift_mask.to(q.dtype)  # a constant: no gradient to route
+                mask = mask + geometry.shift_mask.to(q.dtype)  # [nW, h, N, N]: one pass over the scores below
+            scores = (q @ k.transpose(-2, -1)).view(b, nw, h, n, n) + mask
             probs = F.dropout(torch.softmax(scores, dim=-1), dropout, self.training).view(b * nw, h, n, n)
             out = probs @ v
         else:

@@ -7,6 +7,8 @@ from pathlib import Path
 import click
 import typer
 
+from data_pipelines.comma_lists import names
+
 pretrain_app = typer.Typer(help="Pretrain scOT on a streamed corpus (run under `accelerate launch`).")
 push_app = typer.Typer(help="Upload a checkpoint folder with its model card to the Hub.")
 hub_app = typer.Typer(help="pdefm's own Hub-compatible server for offline clusters.", no_args_is_help=True)
@@ -43,10 +45,6 @@ def push(
     from foundation.hub.push import push_checkpoint
 
     typer.echo(push_checkpoint(checkpoint, repo_id, revision=revision, private=private))
-
-
-def _split(spec: str | None) -> list[str] | None:
-    return [s.strip() for s in spec.split(",") if s.strip()] if spec else None
 
 
 @pretrain_app.command()
@@ -93,10 +91,10 @@ def pretrain(
     from foundation.pretrain.loop import pretrain as run
 
     values = {
-        "corpus": _split(corpus),
+        "corpus": names(corpus),
         "preset": preset,
-        "families": _split(families),
-        "eval_corpus": _split(eval_corpus),
+        "families": names(families),
+        "eval_corpus": names(eval_corpus),
         "out": str(out),
         "max_steps": max_steps,
         "max_minutes": max_minutes,

@@ -10,6 +10,7 @@ several times faster on CPU. Supports `torch.func` transforms (vmap over per-exa
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 class ContinuousPositionBias(torch.autograd.Function):
@@ -35,14 +36,14 @@ class ContinuousPositionBias(torch.autograd.Function):
     def backward(ctx, grad_bias, _grad_hidden, _grad_table):
         coords, index, w2, hidden, table = ctx.saved_tensors
         grad_bias = grad_bias.to(table.dtype)
-        grad_table = torch.zeros_like(table).index_add(
-            1, index, grad_bias
-        )  # sum over pairs sharing an offset
+        # sum over the token pairs sharing an offset, then back through 16*sigmoid, the MLP and the ReLU
+        grad_table = torch.zeros_like(table).index_add(1, index, grad_bias)
         grad_logits = grad_table * (16.0 * table * (1.0 - table))  # [h, P]
         grad_w2 = grad_logits @ hidden  # [h, H]
         grad_hidden = torch.ops.aten.threshold_backward(grad_logits.t() @ w2, hidden, 0.0)  # [P, H]
-        grad_w1 = (coords.to(hidden.dtype).t() @ grad_hidden).t()  # [H, 2]
-        return None, None, grad_w1, grad_hidden.sum(0), grad_w2
+        inputs = F.pad(coords.to(hidden.dtype), (0, 1), value=1.0)  # [P, 3]: coordinates and a ones column
+        grad_w1_b1 = inputs.t() @ grad_hidden  # [3, H]: weight and bias gradients in one read of grad_hidden
+        return None, None, grad_w1_b1[:2].t(), grad_w1_b1[2], grad_w2
 
 
 def continuous_position_bias(
