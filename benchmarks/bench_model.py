@@ -6,6 +6,10 @@ LayerNorm. All candidates run side by side in one process (alternating repeats, 
 weights, each train step with the same fused AdamW. `--compile` adds pdefm with `ScOT.compile_blocks()`
 (regional torch.compile); its first step, which compiles, is reported separately.
 
+On CPU the eager formulation's many large temporaries make it sensitive to glibc's allocator returning memory
+to the OS (fresh pages are faulted in and zeroed on every step); run once more with
+`MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824` to see the ratio without that effect.
+
     python benchmarks/bench_model.py                              # tiny and T, 128x128, batch 4, CPU fp32
     python benchmarks/bench_model.py --compile                    # also pdefm with compiled blocks
     python benchmarks/bench_model.py --device cuda --dtype bf16 --preset B --batch 32 --compile
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import os
 import platform
 import statistics
 import time
@@ -222,9 +227,10 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    malloc = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
     print(
         f"machine: {platform.node()} {platform.machine()} {where}; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads"
+        f"{torch.get_num_threads()} threads; allocator settings {malloc or 'glibc defaults'}"
     )
     for preset in args.preset:
         bench_preset(preset, args, device)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from foundation.chunked_attention import chunked_window_attention
 from foundation.position_bias import continuous_position_bias
 
 SHIFT_MASK_VALUE = -200.0
@@ -93,6 +94,15 @@ def window_geometry(grid: int, window_size: int, shifted: bool, device) -> Windo
     if key not in _GEOMETRY_CACHE:
         _GEOMETRY_CACHE[key] = _build_geometry(grid, window_size, shifted, device)
     return _GEOMETRY_CACHE[key]
+
+
+def _plain_eager(x: torch.Tensor) -> bool:
+    """Neither compiling, nor under a torch.func transform, nor autocast: a hand-written Function may run."""
+    return not (
+        torch.compiler.is_compiling()
+        or torch._C._are_functorch_transforms_active()
+        or torch.is_autocast_enabled(x.device.type)
+    )
 
 
 def _unit_rows(x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
@@ -172,9 +182,12 @@ class ScaledCosineSelfAttention(nn.Module):
             mask = self.position_bias(geometry).to(q.dtype)
             if geometry.shift_mask is not None:
                 mask = mask + geometry.shift_mask.to(q.dtype)  # [nW, h, N, N]: one pass over the scores below
-            scores = (q @ k.transpose(-2, -1)).view(b, nw, h, n, n) + mask
-            probs = F.dropout(torch.softmax(scores, dim=-1), dropout, self.training).view(b * nw, h, n, n)
-            out = probs @ v
+            if dropout == 0.0 and _plain_eager(q):
+                out = chunked_window_attention(q, k, v, mask, nw)
+            else:
+                scores = (q @ k.transpose(-2, -1)).view(b, nw, h, n, n) + mask
+                probs = F.dropout(torch.softmax(scores, dim=-1), dropout, self.training)
+                out = probs.view(b * nw, h, n, n) @ v
         else:
             mask = self.additive_mask(geometry, q.dtype)  # [nW or 1, h, N, N]
             if mask.shape[0] > 1:

@@ -1,0 +1,61 @@
+"""softmax(q k^T + mask) v over a batch of windows, chunk by chunk, with a hand-written backward.
+
+For CPU training, where SDPA differentiates a trainable additive mask several times slower than explicit
+matmuls. Autograd's explicit version streams the whole [B*nW, h, N, N] score tensor through memory once per op;
+here each chunk of samples (a few MB of scores) goes through its matmuls, mask add, softmax and their gradients
+while it is still in cache, in place where the kernels allow. Values and gradients equal the explicit form's.
+"""
+
+from __future__ import annotations
+
+import torch
+
+CHUNK_BYTES = 4 << 20
+"""Scores per chunk: a few MB, so a chunk's scores stay in the last-level cache through its ops."""
+
+
+class ChunkedWindowAttention(torch.autograd.Function):
+    """(q, k, v [B*nW, h, N, d], mask [M, h, N, N] with M = 1 or nW, windows nW) -> [B*nW, h, N, d]."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask, windows):
+        v = v.contiguous()
+        total, heads, n, _ = q.shape
+        step = windows * max(1, CHUNK_BYTES // (windows * heads * n * n * q.element_size()))
+        probs = q.new_empty(total, heads, n, n)
+        out = torch.empty_like(v)
+        for s in range(0, total, step):
+            p = probs[s : s + step]
+            torch.matmul(q[s : s + step], k[s : s + step].transpose(-2, -1), out=p)
+            p.view(-1, *mask.shape).add_(mask)
+            torch.ops.aten._softmax.out(p, -1, False, out=p)  # row by row: in place is safe
+            torch.matmul(p, v[s : s + step], out=out[s : s + step])
+        ctx.save_for_backward(q, k, v, probs)
+        ctx.step, ctx.mask_shape = step, mask.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, probs = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        grad_mask = q.new_zeros(ctx.mask_shape)
+        step = ctx.step
+        for s in range(0, q.shape[0], step):
+            p, g = probs[s : s + step], grad_out[s : s + step]
+            grad_scores = torch.matmul(g, v[s : s + step].transpose(-2, -1))  # d probs, then d scores
+            torch.matmul(p.transpose(-2, -1), g, out=grad_v[s : s + step])
+            torch.ops.aten._softmax_backward_data.out(grad_scores, p, -1, p.dtype, grad_input=grad_scores)
+            grad_mask += grad_scores.view(-1, *ctx.mask_shape).sum(0)
+            torch.matmul(grad_scores, k[s : s + step], out=grad_q[s : s + step])
+            torch.matmul(grad_scores.transpose(-2, -1), q[s : s + step], out=grad_k[s : s + step])
+        return grad_q, grad_k, grad_v, grad_mask, None
+
+
+def chunked_window_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, windows: int
+) -> torch.Tensor:
+    """q, k, v [B*nW, h, N, d] (windows of one sample adjacent); mask [h, N, N] or [M, h, N, N], M in {1, nW}."""
+    if mask.dim() == 3:
+        mask = mask.unsqueeze(0)
+    return ChunkedWindowAttention.apply(q, k, v, mask, windows)
