@@ -177,11 +177,9 @@ class ScaledCosineSelfAttention(nn.Module):
         scale = torch.exp(torch.clamp(self.logit_scale, max=_MAX_LOGIT_SCALE)).to(q.dtype)
         q, k = _unit_rows(q, scale), _unit_rows(k)
         dropout = self.dropout if self.training else 0.0
+        mask = self.additive_mask(geometry, q.dtype)  # [nW or 1, h, N, N]
         if q.device.type == "cpu" and self._position_bias_trains():
             # CPU SDPA kernels differentiate an additive mask several times slower than explicit matmuls.
-            mask = self.position_bias(geometry).to(q.dtype)
-            if geometry.shift_mask is not None:
-                mask = mask + geometry.shift_mask.to(q.dtype)  # [nW, h, N, N]: one pass over the scores below
             if dropout == 0.0 and _plain_eager(q):
                 out = chunked_window_attention(q, k, v, mask, nw)
             else:
@@ -189,7 +187,6 @@ class ScaledCosineSelfAttention(nn.Module):
                 probs = F.dropout(torch.softmax(scores, dim=-1), dropout, self.training)
                 out = probs.view(b * nw, h, n, n) @ v
         else:
-            mask = self.additive_mask(geometry, q.dtype)  # [nW or 1, h, N, N]
             if mask.shape[0] > 1:
                 mask = mask.unsqueeze(0).expand(b, nw, h, n, n).reshape(b * nw, h, n, n)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=1.0)

@@ -55,7 +55,5 @@ class ChunkedWindowAttention(torch.autograd.Function):
 def chunked_window_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, windows: int
 ) -> torch.Tensor:
-    """q, k, v [B*nW, h, N, d] (windows of one sample adjacent); mask [h, N, N] or [M, h, N, N], M in {1, nW}."""
-    if mask.dim() == 3:
-        mask = mask.unsqueeze(0)
+    """q, k, v [B*nW, h, N, d] (the windows of one sample adjacent); mask [M, h, N, N] with M = 1 or nW."""
     return ChunkedWindowAttention.apply(q, k, v, mask, windows)

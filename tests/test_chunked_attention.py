@@ -34,15 +34,6 @@ def test_values_and_gradients_equal_the_explicit_form(monkeypatch, per_window_ma
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=f"gradient of {name}")
 
 
-def test_a_three_dimensional_mask_is_shared_by_all_windows():
-    q = k = v = torch.randn(6, 2, 4, 3)
-    mask = torch.randn(2, 4, 4)
-    with torch.no_grad():
-        torch.testing.assert_close(
-            chunked.chunked_window_attention(q, k, v, mask, 3), _explicit(q, k, v, mask, 3)
-        )
-
-
 def test_cpu_training_uses_it_with_the_gradients_of_the_autograd_path(monkeypatch):
     import foundation.attention as attention
     from foundation.configuration_scot import ScOTConfig
