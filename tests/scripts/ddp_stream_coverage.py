@@ -37,6 +37,7 @@ def main(corpus: str, report: str) -> None:
     if acc.is_main_process:
         with open(report, "w") as f:
             json.dump({"per_rank": per_rank, "world": acc.num_processes}, f)
+    acc.end_training()  # tear the process group down on every rank before exit, not in destructors
 
 
 if __name__ == "__main__":
