@@ -201,4 +201,4 @@ class Projector:
             if p.grad is None:
                 continue
             g = p.grad.view(-1)
-            g.sub_(U @ (U.T @ g), alpha=self.alpha)
+            g.addmv_(U, U.T @ g, alpha=-self.alpha)  # g - alpha U (U^T g), without a temporary of g's size
