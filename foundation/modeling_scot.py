@@ -275,8 +275,8 @@ class ScOT(ScOTPreTrainedModel):
         """`torch.compile` every Swin and ConvNeXt block in place (regional compilation).
 
         Blocks of one width and shift share compiled code, so the cost is a few small graphs rather than the
-        whole network (scOT-T on 2 CPU cores: about 2 min, 20 s from a warm on-disk cache, against a whole-model compile
-        that did not finish in 15 min). Each (width, shift, grad mode, train/eval) variant is one entry of
+        whole network (scOT-T on 2 CPU cores: about 2 min, 20 s from a warm on-disk cache; a whole-model
+        compile did not finish in 15 min). Each (width, shift, grad mode, train/eval) variant is one entry of
         dynamo's cache for the shared block code, hence the raised recompile limit. `options` go to
         `torch.compile` (default `dynamic=False`).
         """

@@ -27,10 +27,10 @@ class ContinuousPositionBias(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        coords, index, *_ = inputs
+        coords, index, _, _, w2 = inputs
         _, hidden, table = output
         ctx.mark_non_differentiable(hidden, table)
-        ctx.save_for_backward(coords, index, inputs[4], hidden, table)
+        ctx.save_for_backward(coords, index, w2, hidden, table)
 
     @staticmethod
     def backward(ctx, grad_bias, _grad_hidden, _grad_table):
