@@ -2,8 +2,10 @@
 
 Every candidate (a fine-tuned checkpoint or a baseline) is scored the same way: the test trajectories
 are mapped into the model's channel layout and normalised with the statistics it was trained with,
-predicted from snapshot 0 either directly over the lead time to a target snapshot (Poseidon's direct
-all2all use) or by an autoregressive rollout, denormalised, and compared on the data's own fields.
+predicted from an input snapshot either directly over the lead time to a target snapshot (Poseidon's
+direct all2all use) or by an autoregressive rollout, denormalised, and compared on the data's own fields.
+The horizon (input and target snapshots) is the user's choice; persistence, the input itself as the
+prediction, is scored on the same horizon beside every candidate.
 """
 
 from __future__ import annotations
@@ -65,60 +67,160 @@ def stack_trajectories(trajs: Sequence[Trajectory]) -> tuple[np.ndarray, list[st
     return np.stack([traj.u for traj in trajs]), fields
 
 
+@dataclass(frozen=True)
+class Horizon:
+    """What is scored: the prediction of snapshot `target` from snapshot `input` (indices into a trajectory).
+
+    The user chooses it: a horizon over which the dynamics are learnable says something about a model, one
+    from random initial noise to a statistically steady state does not (every model then scores about as
+    well as persistence, the input itself as the prediction).
+    """
+
+    input: int
+    target: int
+
+    @property
+    def span(self) -> int:
+        return self.target - self.input
+
+    def to_dict(self) -> dict:
+        return {"input_index": self.input, "target_index": self.target}
+
+
+def resolve_horizon(
+    n_snapshots: int,
+    input_index: int = 0,
+    target_index: int | None = None,
+    lead_time: float | None = None,
+) -> Horizon:
+    """The horizon of `n_snapshots`-long trajectories from the user's options.
+
+    `target_index` defaults to the last snapshot; `lead_time` (instead of `target_index`) is a fraction of
+    the trajectory's span, the models' time unit, and must land on a snapshot.
+    """
+    if n_snapshots < 2:
+        raise ValueError(f"evaluation: trajectories need at least 2 snapshots, got {n_snapshots}")
+    last = n_snapshots - 1
+    if not 0 <= input_index < last:
+        raise ValueError(f"evaluation: input_index must be in [0, {last - 1}], got {input_index}")
+    if lead_time is not None:
+        if target_index is not None:
+            raise ValueError("evaluation: give target_index or lead_time, not both")
+        steps = lead_time * last
+        if lead_time <= 0 or abs(steps - round(steps)) > 1e-6:
+            raise ValueError(
+                f"evaluation: lead_time must be a positive multiple of the snapshot spacing 1/{last} "
+                f"(a fraction of the trajectory span), got {lead_time}"
+            )
+        target_index = input_index + round(steps)
+    target = last if target_index is None else target_index
+    if not input_index < target <= last:
+        raise ValueError(
+            f"evaluation: target_index must be in [{input_index + 1}, {last}] (after input_index "
+            f"{input_index}), got {target}"
+        )
+    return Horizon(input_index, target)
+
+
 def forecast(
     op: TrainedOperator,
     trajs: Sequence[Trajectory],
     *,
     mode: str = "direct",
+    input_index: int = 0,
     target_index: int | None = None,
+    lead_time: float | None = None,
     stride: int = 1,
     batch_size: int = 16,
 ) -> Forecast:
-    """Predict from snapshot 0: directly to `target_index` (default the last snapshot), or by a rollout of
-    steps of `stride` snapshots up to `target_index`. Lead times are fractions of the T-1 snapshot span,
-    the PairDataset convention the models were trained with.
+    """Predict snapshot `target_index` (default: the last) from snapshot `input_index` (default 0): directly,
+    in one model call, or by a rollout of steps of `stride` snapshots. Lead times are fractions of the T-1
+    snapshot span, the PairDataset convention the models were trained with.
     """
     u, fields = stack_trajectories(trajs)
     n_t = u.shape[1]
-    if n_t < 2:
-        raise ValueError(f"evaluation: trajectories need at least 2 snapshots, got {n_t}")
-    last = n_t - 1 if target_index is None else target_index
-    if not 1 <= last < n_t:
-        raise ValueError(f"evaluation: target_index must be in [1, {n_t - 1}], got {target_index}")
+    h = resolve_horizon(n_t, input_index, target_index, lead_time)
+    _check_mode(mode, stride, h)
     scored = [f for f in fields if f in op.out_channels]
     if not scored:
         raise ValueError(
             f"evaluation: none of the data's fields {fields} is an output of the model {op.out_channels}"
         )
     mapped, _ = ChannelMap(op.channels)(u, fields, op.normalizer, "test data")
-    x0 = torch.from_numpy(mapped[:, 0])
+    x0 = torch.from_numpy(mapped[:, h.input])
     if mode == "direct":
-        leads = [last / (n_t - 1)]
+        leads = [h.span / (n_t - 1)]
         pred = torch.cat(
             [predict(op.model, x0[i : i + batch_size], leads[0]) for i in range(0, len(x0), batch_size)]
         )
-        target = torch.from_numpy(u[:, last])
-    elif mode == "rollout":
-        if stride < 1 or last % stride:
-            raise ValueError(f"evaluation: rollout stride {stride} must divide the target index {last}")
-        steps = last // stride
+    else:
+        steps = h.span // stride
         leads = [stride * (k + 1) / (n_t - 1) for k in range(steps)]
         chunks = [
             rollout(op.model, x0[i : i + batch_size], steps, stride / (n_t - 1))
             for i in range(0, len(x0), batch_size)
         ]
         pred = torch.cat(chunks)[:, 1:]
-        target = torch.from_numpy(u[:, stride : last + 1 : stride])
-    else:
-        raise ValueError(f"evaluation: mode must be 'direct' or 'rollout', got {mode!r}")
     pred = pred[..., : len(op.out_channels), :, :].detach().cpu().float()
     if op.normalizer is not None:
         pred = op.normalizer.denormalize(pred, op.out_channels)
     pick_pred = [op.out_channels.index(f) for f in scored]
     pick_data = [fields.index(f) for f in scored]
+    target = _targets(u, mode, stride, h)
     return Forecast(
-        pred[..., pick_pred, :, :], target[..., pick_data, :, :], torch.from_numpy(u[:, 0]), scored, leads
+        pred[..., pick_pred, :, :],
+        target[..., pick_data, :, :],
+        torch.from_numpy(u[:, h.input][:, pick_data]),
+        scored,
+        leads,
     )
+
+
+def persistence(
+    trajs: Sequence[Trajectory],
+    *,
+    mode: str = "direct",
+    input_index: int = 0,
+    target_index: int | None = None,
+    lead_time: float | None = None,
+    stride: int = 1,
+    fields: Sequence[str] | None = None,
+) -> Forecast:
+    """The persistence baseline on the same horizon as `forecast`: the input snapshot as the prediction.
+
+    `fields` (default: all) restricts the scored fields, to match a model that predicts only some of them.
+    """
+    u, all_fields = stack_trajectories(trajs)
+    n_t = u.shape[1]
+    h = resolve_horizon(n_t, input_index, target_index, lead_time)
+    _check_mode(mode, stride, h)
+    scored = [f for f in all_fields if fields is None or f in fields]
+    pick = [all_fields.index(f) for f in scored]
+    x0 = torch.from_numpy(u[:, h.input][:, pick])
+    target = _targets(u, mode, stride, h)[..., pick, :, :]
+    if mode == "direct":
+        leads, pred = [h.span / (n_t - 1)], x0
+    else:
+        leads = [stride * (k + 1) / (n_t - 1) for k in range(h.span // stride)]
+        pred = x0[:, None].expand(-1, len(leads), -1, -1, -1)
+    return Forecast(pred, target, x0, scored, leads)
+
+
+def _check_mode(mode: str, stride: int, h: Horizon) -> None:
+    if mode not in ("direct", "rollout"):
+        raise ValueError(f"evaluation: mode must be 'direct' or 'rollout', got {mode!r}")
+    if mode == "rollout" and (stride < 1 or h.span % stride):
+        raise ValueError(
+            f"evaluation: rollout stride {stride} must divide the horizon {h.span} "
+            f"(snapshot {h.input} to {h.target})"
+        )
+
+
+def _targets(u: np.ndarray, mode: str, stride: int, h: Horizon) -> torch.Tensor:
+    """The true snapshot(s) of a horizon: `[B, C, H, W]` (direct) or every rollout step `[B, T, C, H, W]`."""
+    if mode == "direct":
+        return torch.from_numpy(u[:, h.target])
+    return torch.from_numpy(u[:, h.input + stride : h.target + 1 : stride])
 
 
 def score(fc: Forecast) -> tuple[dict, dict[str, torch.Tensor]]:

@@ -341,6 +341,8 @@ def write_quickstart_report(out: Path, cfg: QuickstartConfig, metrics: dict, stu
     zs = fs.get("zero_shot", {})
     if "summary" in zs:
         rows.append(["zero-shot (no adaptation)"] + [zs["summary"]["rel_l1"]["median"]] * len(shots))
+    if "persistence" in fs:
+        rows.append(["persistence (input as prediction)"] + [fs["persistence"]["rel_l1"]] * len(shots))
     errors = table(["candidate"] + [f"{n} shots" for n in shots], rows)
     errors += (
         "\n\nMedian over test trajectories of the relative L1 error (Poseidon's metric) of the prediction at "
@@ -379,4 +381,4 @@ def write_quickstart_report(out: Path, cfg: QuickstartConfig, metrics: dict, stu
             "\n\n".join(pictures) + f"\n\nAll metrics and per-seed results: `{study_dir.name}/report.md`.",
         ),
     ]
-    return write_report(out, "pdefm quickstart", sections, metrics)
+    return write_report(out, "pdefm quickstart", sections, metrics, verdict=fs.get("verdict"))

@@ -48,13 +48,17 @@ def environment() -> dict:
     return {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.platform()}
 
 
-def write_report(out: Path, title: str, sections: Sequence[tuple[str, str]], metrics: dict) -> Path:
+def write_report(
+    out: Path, title: str, sections: Sequence[tuple[str, str]], metrics: dict, verdict: str | None = None
+) -> Path:
     """Writes `out/report.md` (title, then (heading, body) sections, figures linked relative) and metrics.json.
 
-    Both atomically, metrics.json last: its presence marks a finished study.
+    `verdict`, the study's answer in one sentence, is the report's first line (above the title), so that
+    `head -1 report.md` answers. Both files atomically, metrics.json last: its presence marks a finished study.
     """
     out = Path(out)
-    body = [f"# {title}", ""]
+    body = [f"{verdict[:1].upper()}{verdict[1:]}.", ""] if verdict else []
+    body += [f"# {title}", ""]
     for heading, text in sections:
         body += [f"## {heading}", "", text.rstrip(), ""]
     path = write_text_atomic(out / "report.md", "\n".join(body))

@@ -76,6 +76,25 @@ def test_few_shot_cli_writes_report_figures_and_gains(study_inputs, tmp_path):
             assert all(math.isfinite(m) and m > 0 for m in medians)
             assert metrics["results"][name][n]["mean"]["rel_l1"] == pytest.approx(np.mean(medians))
     curves = metrics["curves"]
+    assert set(curves) == {"full", "fno", "unet", "scot_scratch"}  # scratch joins a pretrained method
+    still = metrics["persistence"]["rel_l1"]
+    assert still == metrics["persistence"]["summary"]["rel_l1"]["median"] and still > 0
+    assert metrics["horizon"] == {"mode": "direct", "input_index": 0, "target_index": 4, "lead_time": 1.0}
+    versus = metrics["pretrained_vs_scratch"]
+    assert versus["method"] == "full" and set(versus["relative_change_per_seed"]) == {"0", "1"}
+    assert versus["mean"] == pytest.approx(
+        np.mean([
+            r["summary"]["rel_l1"]["median"] / metrics["results"]["scot_scratch"]["4"]["seeds"][s]["summary"]["rel_l1"]["median"] - 1
+            for s, r in metrics["results"]["full"]["4"]["seeds"].items()
+        ])
+    )  # fmt: skip
+    first = (out / "report.md").read_text().splitlines()[0]
+    assert first.startswith("Pretraining helped" if versus["mean"] < 0 else "Pretraining hurt by")
+    assert (
+        "% ± " in first
+        and "over 2 seeds" in first
+        and first.rstrip(".") == metrics["verdict"][0].upper() + metrics["verdict"][1:]
+    )
     for name in ("full", "unet"):
         assert metrics["accuracy_gain_over_fno"][name] == pytest.approx(
             curves["fno"]["4"] / curves[name]["4"]
@@ -84,6 +103,7 @@ def test_few_shot_cli_writes_report_figures_and_gains(study_inputs, tmp_path):
     assert "summary" in metrics["zero_shot"]  # the checkpoint knows u, v: scored as it is
     report = (out / "report.md").read_text()
     assert "AG_4 over FNO" in report and "| fno |" in report and "zero-shot" in report
+    assert "| persistence (input as prediction) |" in report and "Pretrained against scratch" in report
     for png in (
         "few_shot_curve.png",
         "error_spectra.png",
@@ -115,6 +135,59 @@ def test_zero_shot_scores_known_fields_and_explains_unknown_ones(study_inputs, t
     assert (tmp_path / "zero" / "error_spectra.png").exists()
     with pytest.raises(ValueError, match=r"coef in \['nu'\]"):
         run_zero_shot(str(ckpt), tmp_path / "bad", families=["ns_gauss:mu=1:2"], config=cfg)
+
+
+def test_horizon_options_change_what_is_scored_beside_persistence(study_inputs, tmp_path):
+    data, ckpt = study_inputs
+    horizons = {
+        "default": [],
+        "chosen": ["--input-index", "1", "--target-index", "3"],
+        "lead": ["--input-index", "1", "--lead-time", "0.5"],  # 2 of the 4 snapshot intervals
+    }
+    scored = {}
+    for name, extra in horizons.items():
+        out = tmp_path / name
+        args = ["zero-shot", "--model", str(ckpt), "--data", str(data), "--out", str(out), *extra]
+        result = CliRunner().invoke(eval_app, args)
+        assert result.exit_code == 0, result.output
+        metrics = json.loads((out / "metrics.json").read_text())
+        entry = metrics["results"][str(data)]
+        scored[name] = (entry["persistence"]["rel_l1"]["median"], entry["summary"]["rel_l1"]["median"])
+        first = (out / "report.md").read_text().splitlines()[0]
+        assert first.rstrip(".").lower() == metrics["verdict"].lower() and "persistence" in first
+        assert "| persistence |" in (out / "report.md").read_text()
+    assert scored["chosen"] == scored["lead"]
+    assert scored["chosen"][0] != pytest.approx(scored["default"][0])
+    assert scored["chosen"][1] != pytest.approx(scored["default"][1])
+    # persistence is the input snapshot as the prediction: relative L1 of u[1] against u[3], (u, v) jointly
+    u = np.load(data)["u"].astype(np.float64)
+    by_hand = np.abs(u[:, 3] - u[:, 1]).sum(axis=(1, 2, 3)) / np.abs(u[:, 3]).sum(axis=(1, 2, 3))
+    assert scored["chosen"][0] == pytest.approx(float(np.median(by_hand)), rel=1e-5)
+
+    bad = ["zero-shot", "--model", str(ckpt), "--data", str(data), "--out", str(tmp_path / "bad")]
+    result = CliRunner().invoke(eval_app, [*bad, "--input-index", "3", "--target-index", "2"])
+    assert result.exit_code != 0 and "target_index must be in [4, 4]" in str(result.exception)
+    result = CliRunner().invoke(eval_app, [*bad, "--lead-time", "0.3"])
+    assert "multiple of the snapshot spacing 1/4" in str(result.exception)
+
+
+def test_a_report_says_first_when_no_candidate_beats_persistence(tmp_path):
+    """On frozen dynamics (every snapshot equal) persistence is exact, so no trained candidate can beat it."""
+    batch = get_family("ns_sines").generate(6, 16, 2, seed=3)
+    u = np.repeat(batch.u.numpy()[:, :1], 3, axis=1)
+    data = tmp_path / "frozen.npz"
+    np.savez(data, u=u, fields=np.array(["u", "v"]))
+    out = tmp_path / "frozen"
+    args = ["few-shot", "--data", str(data), "--out", str(out), "--shots", "2", "--seeds", "0"]
+    args += ["--candidates", "fno", "--val", "1", "--test", "2", "--epochs", "1", "--max-steps", "1"]
+    args += ["--target-index", "2"]
+    result = CliRunner().invoke(eval_app, args)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["persistence"]["rel_l1"] == 0.0 and metrics["versus_persistence"]["2"]["none_better"]
+    assert set(metrics["curves"]) == {"fno"}  # no pretrained method: no scratch comparison needed
+    first = (out / "report.md").read_text().splitlines()[0]
+    assert first.startswith("Every candidate is no better than persistence")
 
 
 def test_scaling_study_fits_a_power_law_along_the_data_axis(tmp_path):

@@ -57,3 +57,24 @@ def test_baseline_value_must_be_inside_its_range():
         accuracy_gain(MODEL, FNO, samples=2048)
     with pytest.raises(ValueError, match="positive and finite"):
         error_at({2: 0.0}, 2)
+
+
+def test_pretrained_vs_scratch_line_is_paired_over_seeds():
+    from eval_suite.verdict import pretrained_vs_scratch
+
+    helped = pretrained_vs_scratch({0: 0.8, 1: 0.9}, {0: 1.0, 1: 1.0}, method="full", where="8 shots")
+    assert helped["mean"] == pytest.approx(-0.15) and helped["std"] == pytest.approx(0.05)
+    assert helped["line"].startswith("pretraining helped: 15% ± 5% lower error than scOT from scratch")
+    hurt = pretrained_vs_scratch({0: 1.12}, {0: 1.0}, method="lora", where="2 shots")
+    assert hurt["line"].startswith("pretraining hurt by 12%: higher error") and "one seed" in hurt["line"]
+    noisy = pretrained_vs_scratch({0: 0.9, 1: 1.2}, {0: 1.0, 1: 1.0}, method="full", where="8 shots")
+    assert noisy["line"].endswith("within the seed spread")
+
+
+def test_versus_persistence_names_the_candidates_that_beat_it():
+    from eval_suite.verdict import versus_persistence
+
+    some = versus_persistence({"full": 0.4, "fno": 0.6, "scot_scratch": 0.3}, 0.5)
+    assert some["better_than_persistence"] == ["scot_scratch", "full"] and not some["none_better"]
+    none = versus_persistence({"full": 0.5, "fno": 0.7}, 0.5)  # a tie is no better
+    assert none["none_better"] and none["line"].startswith("every candidate is no better than persistence")

@@ -9,7 +9,7 @@ one batch size, the same all2all pairs and the same normalisation (fitted on the
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -21,8 +21,15 @@ from finetune.channels import load_for_fields
 from finetune.data import pair_dataset
 from finetune.methods import full, lora, physguard
 from finetune.trainer import TrainConfig, TrainResult, train
+from foundation.configuration_scot import ScOTConfig
 
 METHODS = ("full", "lora", "physguard")
+SCRATCH = "scot_scratch"
+ARCHITECTURE = (
+    "image_size", "patch_size", "embed_dim", "depths", "num_heads", "skip_connections", "window_size",
+    "mlp_ratio", "qkv_bias", "p", "residual_model", "use_conditioning", "learn_residual",
+)  # fmt: skip
+"""ScOTConfig fields that define a checkpoint's architecture (not its channels or initialisation)."""
 
 
 @dataclass
@@ -70,6 +77,13 @@ def pretrained_operator(model: str, fields: Sequence[str], normalizer: Normalize
     return TrainedOperator(net, tuple(layout), normalizer)
 
 
+def scratch_options(model: str) -> dict:
+    """Options that make "scot_scratch" the checkpoint's own architecture from random weights (Poseidon's scOT
+    row): pretrained against scratch then compares weights, not sizes."""
+    config = ScOTConfig.from_pretrained(model)
+    return {k: getattr(config, k) for k in ARCHITECTURE if hasattr(config, k)}
+
+
 def physguard_bases(
     model: str,
     fields: Sequence[str],
@@ -96,13 +110,18 @@ def fit_candidate(
     model: str | None = None,
     bases: dict[str, torch.Tensor] | None = None,
     alpha: float = 1.0,
+    lr_scale: float = 1.0,
     **baseline_options,
 ) -> tuple[TrainedOperator, TrainResult]:
     """Build candidate `name`, train it on the all2all pairs of `train_trajs` and keep its best validation epoch.
 
     `bases` (from `physguard_bases`) and `alpha` are PhysGuard's protected directions and strength;
-    `baseline_options` size a baseline (e.g. `modes`, `width`); seeded, so a run is reproducible.
+    `lr_scale` multiplies the candidate's learning rates (a method's group rates, a baseline's `budget.lr`),
+    the knob a learning-rate search turns; `baseline_options` size a baseline (e.g. `modes`, `width`);
+    seeded, so a run is reproducible.
     """
+    if not lr_scale > 0:
+        raise ValueError(f"candidate {name!r}: lr_scale must be positive, got {lr_scale}")
     check_candidates([name], model)
     if name == "physguard" and bases is None:
         raise ValueError("candidate 'physguard' needs protected bases: pass the simulation data (--sim-data)")
@@ -117,9 +136,12 @@ def fit_candidate(
             groups = lora.param_groups(net)
         else:
             groups = full.poseidon_param_groups(net)
+        for group in groups:
+            group["lr"] *= lr_scale
         if name == "physguard":
             transform = physguard.Projector(net.to(budget.device), bases, alpha)
     else:
+        budget = replace(budget, lr=budget.lr * lr_scale)
         layout = fields
         net = build_baseline(
             name, len(layout), channel_slices=loss_slices(layout), seed=seed, **baseline_options

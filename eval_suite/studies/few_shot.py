@@ -1,5 +1,9 @@
 """Few-shot study: error against number of training trajectories for methods and baselines, several seeds,
 with Poseidon's accuracy and efficiency gains over FNO and the checkpoint's zero-shot error alongside.
+
+Every report also scores persistence (the input as the prediction) on the same horizon and, when a
+pretrained method runs, scOT from scratch with the checkpoint's architecture; its first line says whether
+pretraining helped (paired over seeds) and whether any candidate beats persistence.
 """
 
 from __future__ import annotations
@@ -16,17 +20,20 @@ from data_pipelines.trajectory import Trajectory
 from eval_suite import plots
 from eval_suite.gains import accuracy_gain, efficiency_gain
 from eval_suite.metrics import METRICS, radial_error_spectrum
-from eval_suite.protocol import Forecast, TrainedOperator, forecast, score
+from eval_suite.protocol import Forecast, TrainedOperator, forecast, persistence, resolve_horizon, score
 from eval_suite.report import environment, figure, fmt, table, write_report
 from eval_suite.studies.candidates import (
     METHODS,
+    SCRATCH,
     Budget,
     check_candidates,
     fit_candidate,
     physguard_bases,
     pretrained_operator,
+    scratch_options,
 )
 from eval_suite.studies.splits import draw_shots, split_test
+from eval_suite.verdict import pretrained_vs_scratch, versus_persistence
 from finetune.data import load_trajectories, select_fields
 from finetune.methods.physguard import PhysGuardOptions
 
@@ -44,8 +51,12 @@ class FewShotConfig:
     n_test: int = 8
     mode: str = "direct"
     rollout_stride: int = 1
+    input_index: int = 0
+    """Snapshot the candidates predict from (and persistence returns)."""
     target_index: int | None = None
-    """Snapshot predicted from snapshot 0 (default: the last one)."""
+    """Snapshot predicted (default: the last one)."""
+    lead_time: float | None = None
+    """Instead of target_index: the lead time as a fraction of the trajectory span."""
     fields: list[str] | None = None
     split_seed: int = 0
     budget: Budget = field(default_factory=Budget)
@@ -54,17 +65,37 @@ class FewShotConfig:
     """Simulation (pretraining) data that PhysGuard protects: a corpus folder, file or Hub id."""
     sim_trajectories: int = 32
     physguard: PhysGuardOptions = field(default_factory=PhysGuardOptions)
+    lr_scales: dict[str, float] = field(default_factory=dict)
+    """Per candidate, a factor on its learning rates (a method's group rates, a baseline's budget.lr)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def horizon(self) -> dict:
+        """The forecast options that fix what is scored (mode, input and target snapshots)."""
+        return dict(
+            mode=self.mode,
+            input_index=self.input_index,
+            target_index=self.target_index,
+            lead_time=self.lead_time,
+            stride=self.rollout_stride,
+        )
 
 
 def evaluate_operator(
     op: TrainedOperator, test: Sequence[Trajectory], config: FewShotConfig
 ) -> tuple[dict, Forecast]:
     """Summary of every metric of `op` on the test trajectories, and the forecast itself (for figures)."""
-    fc = forecast(op, test, mode=config.mode, target_index=config.target_index, stride=config.rollout_stride)
+    fc = forecast(op, test, **config.horizon())
     return score(fc)[0], fc
+
+
+def with_scratch(candidates: Sequence[str]) -> list[str]:
+    """The candidates, plus scOT from scratch whenever a pretrained method is among them."""
+    names = list(dict.fromkeys(candidates))
+    if any(c in METHODS for c in names) and SCRATCH not in names:
+        names.append(SCRATCH)
+    return names
 
 
 def _aggregate(summaries: list[dict]) -> tuple[dict, dict]:
@@ -94,12 +125,17 @@ def run_few_shot(
     """Run the study and write `out/report.md`, `out/metrics.json` and PNG figures; returns the metrics."""
     cfg = config or FewShotConfig()
     check_candidates(cfg.candidates, model)
+    candidates = with_scratch(cfg.candidates)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     trajs = select_fields(load_trajectories(data), cfg.fields)
     pool, test = split_test(trajs, cfg.n_test, cfg.split_seed)
     shots = sorted(set(cfg.shots))
     draw_shots(pool, shots[-1], cfg.n_val, cfg.seeds[0])  # fail before any training if the data is too small
+    still = score(persistence(test, **cfg.horizon()))[0]  # also checks the horizon before any training
+    options = {name: dict(cfg.baseline_options.get(name, {})) for name in candidates}
+    if model is not None and SCRATCH in candidates:
+        options[SCRATCH] = {**scratch_options(model), **options[SCRATCH]}
     bases = None
     if "physguard" in cfg.candidates:
         if cfg.sim_data is None:
@@ -113,14 +149,15 @@ def run_few_shot(
         sim = random.Random(cfg.split_seed).sample(sim, min(cfg.sim_trajectories, len(sim)))
         bases = physguard_bases(model, trajs[0].fields, sim, cfg.physguard)
 
-    results: dict = {name: {} for name in cfg.candidates}
+    results: dict = {name: {} for name in candidates}
     keep: dict[str, Forecast] = {}
-    for name in cfg.candidates:
+    for name in candidates:
         for n in shots:
             runs = {}
             for seed in cfg.seeds:
                 log(f"few-shot: {name} with {n} trajectories, seed {seed}")
                 train, val = draw_shots(pool, n, cfg.n_val, seed)
+                lr_scale = cfg.lr_scales.get(name, 1.0)
                 op, history = fit_candidate(
                     name,
                     train,
@@ -130,10 +167,15 @@ def run_few_shot(
                     model=model,
                     bases=bases,
                     alpha=cfg.physguard.alpha,
-                    **cfg.baseline_options.get(name, {}),
+                    lr_scale=lr_scale,
+                    **options[name],
                 )
                 summary, fc = evaluate_operator(op, test, cfg)
-                train_record = {"steps": history.steps, "best_epoch": history.best_epoch}
+                train_record = {
+                    "steps": history.steps,
+                    "best_epoch": history.best_epoch,
+                    "lr_scale": lr_scale,
+                }
                 runs[seed] = {
                     "summary": summary,
                     "train": train_record | {"best_val_loss": history.best_val_loss},
@@ -144,7 +186,7 @@ def run_few_shot(
             results[name][n] = {"seeds": runs, "mean": mean, "std": std}
 
     zero_shot = {}
-    if model is not None and any(c in METHODS for c in cfg.candidates):
+    if model is not None and any(c in METHODS for c in candidates):
         try:
             op = pretrained_operator(model, trajs[0].fields, Normalizer.from_trajectories(pool))
             zero_shot = {
@@ -154,8 +196,9 @@ def run_few_shot(
         except ValueError as err:  # the data's fields do not fit the checkpoint without new layers
             zero_shot = {"unavailable": str(err)}
 
-    curves = {name: {n: results[name][n]["mean"][HEADLINE] for n in shots} for name in cfg.candidates}
+    curves = {name: {n: results[name][n]["mean"][HEADLINE] for n in shots} for name in candidates}
     gains = _gains(curves, shots)
+    verdicts = _verdicts(results, curves, zero_shot, still[HEADLINE]["median"], shots)
     metrics = {
         "study": "few-shot",
         "model": model,
@@ -163,16 +206,63 @@ def run_few_shot(
         "fields": list(test[0].fields),
         "n_trajectories": len(trajs),
         "config": cfg.to_dict(),
+        "candidates": candidates,
+        "horizon": _horizon_record(test, cfg),
         "headline": f"{HEADLINE}: median over test samples, mean +- std over seeds",
         "results": results,
         "curves": curves,
+        "persistence": {"summary": still, HEADLINE: still[HEADLINE]["median"]},
         "zero_shot": zero_shot,
+        **verdicts,
         **gains,
         "environment": environment(),
     }
     figures = _figures(results, keep, shots, out)
-    write_report(out, "Few-shot study", _sections(metrics, results, shots, figures, out), metrics)
+    sections = _sections(metrics, results, shots, figures, out)
+    write_report(out, "Few-shot study", sections, metrics, verdict=metrics["verdict"])
     return metrics
+
+
+def _horizon_record(test: Sequence[Trajectory], cfg: FewShotConfig) -> dict:
+    """The scored snapshots, resolved (the default target is the last snapshot)."""
+    n_t = len(test[0].u)
+    h = resolve_horizon(n_t, cfg.input_index, cfg.target_index, cfg.lead_time)
+    return {"mode": cfg.mode, **h.to_dict(), "lead_time": h.span / (n_t - 1)}
+
+
+def _verdicts(results: dict, curves: dict, zero_shot: dict, still: float, shots: list[int]) -> dict:
+    """The report's first line: pretrained against scratch (paired over seeds), candidates against persistence.
+
+    Persistence is judged at every shot count (with the zero-shot score as one more candidate); the
+    pretrained method compared with scratch is the best one at the largest shot count.
+    """
+    zs = zero_shot.get("summary", {}).get(HEADLINE, {}).get("median")
+    per_n = {}
+    for n in shots:
+        errors = {name: curve[n] for name, curve in curves.items()}
+        if zs is not None:
+            errors["zero-shot"] = zs
+        per_n[n] = versus_persistence(errors, still)
+    headline = per_n[shots[-1]]
+    if all(v["none_better"] for v in per_n.values()):
+        headline = dict(headline, line=headline["line"] + " at every shot count")
+    lines = [headline["line"]]
+    versus = {}
+    methods = [m for m in METHODS if m in curves]
+    if methods and SCRATCH in curves:
+        n = shots[-1]
+        best = min(methods, key=lambda m: curves[m][n] if np.isfinite(curves[m][n]) else np.inf)
+        per_seed = {
+            m: {s: r["summary"][HEADLINE]["median"] for s, r in results[m][n]["seeds"].items()}
+            for m in (best, SCRATCH)
+        }
+        versus = pretrained_vs_scratch(per_seed[best], per_seed[SCRATCH], method=best, where=f"{n} shots")
+        lines.insert(0 if not headline["none_better"] else 1, versus["line"])
+    return {
+        "verdict": "; ".join(lines),
+        "versus_persistence": {str(n): v for n, v in per_n.items()},
+        "pretrained_vs_scratch": versus,
+    }
 
 
 def _gains(curves: dict, shots: list[int]) -> dict:
@@ -220,16 +310,28 @@ def _figures(results: dict, keep: dict[str, Forecast], shots: list[int], out: Pa
     return figs
 
 
+def _lr_scales(results: dict) -> str:
+    """Each candidate's learning-rate scale(s), as used (1 = its recipe's rates)."""
+    used = {
+        name: sorted(
+            {run["train"]["lr_scale"] for point in points.values() for run in point["seeds"].values()}
+        )
+        for name, points in results.items()
+    }
+    return ", ".join(f"{name} {'/'.join(fmt(v, 3) for v in scales)}" for name, scales in used.items())
+
+
 def _sections(metrics: dict, results: dict, shots: list[int], figs: dict[str, Path], out: Path) -> list:
-    cfg = metrics["config"]
+    cfg, h = metrics["config"], metrics["horizon"]
     setup = "\n".join(
         [
             f"- data: `{metrics['data']}` ({metrics['n_trajectories']} trajectories, fields {metrics['fields']})",
             f"- checkpoint: `{metrics['model']}`",
             f"- shots {shots}, seeds {cfg['seeds']}, {cfg['n_val']} validation and {cfg['n_test']} fixed test "
-            f"trajectories, evaluation `{cfg['mode']}` from snapshot 0 to snapshot "
-            f"{cfg['target_index'] if cfg['target_index'] is not None else 'T-1 (the last)'}",
+            f"trajectories, evaluation `{h['mode']}` from snapshot {h['input_index']} to snapshot "
+            f"{h['target_index']} (lead time {fmt(h['lead_time'], 3)} of the span)",
             f"- budget (every candidate): {cfg['budget']}",
+            f"- learning-rate scales: {_lr_scales(results)}",
             f"- environment: {metrics['environment']}",
         ]
     )
@@ -246,18 +348,32 @@ def _sections(metrics: dict, results: dict, shots: list[int], figs: dict[str, Pa
         rows.append(["zero-shot (checkpoint as is)"] + [fmt(zs["summary"][HEADLINE]["median"])] * len(shots))
     elif "unavailable" in zs:
         rows.append(["zero-shot (checkpoint as is)"] + ["n/a"] * len(shots))
+    rows.append(["persistence (input as prediction)"] + [fmt(metrics["persistence"][HEADLINE])] * len(shots))
     curve_text = table(["candidate"] + [f"N={n}" for n in shots], rows)
     if "unavailable" in zs:
         curve_text += f"\n\nZero-shot unavailable: {zs['unavailable']}"
     all_metrics = table(
         ["candidate", *METRICS],
-        [[name] + [results[name][shots[-1]]["mean"][m] for m in METRICS] for name in results],
+        [[name] + [results[name][shots[-1]]["mean"][m] for m in METRICS] for name in results]
+        + [["persistence"] + [metrics["persistence"]["summary"][m]["median"] for m in METRICS]],
     )
     sections = [
         ("Setup", setup),
         ("Median relative L1 error against trajectories (mean ± std over seeds)", curve_text),
         (f"All metrics at N={shots[-1]} (median over test samples, mean over seeds)", all_metrics),
     ]
+    versus = metrics["pretrained_vs_scratch"]
+    if versus.get("mean") is not None:
+        per_seed = ", ".join(
+            f"seed {s}: {100 * v:+.0f}%" for s, v in versus["relative_change_per_seed"].items()
+        )
+        sections.append(
+            (
+                "Pretrained against scratch",
+                f"{versus['line']}.\n\nError change of `{versus['method']}` relative to scOT from scratch "
+                f"(same architecture, random weights, same shots, budget and test set) per seed: {per_seed}.",
+            )
+        )
     if metrics["accuracy_gain_over_fno"]:
         s = metrics["gain_samples"]
         gains = table(
