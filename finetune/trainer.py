@@ -1,46 +1,55 @@
-"""The few-shot training loop shared by every adaptation method and by eval_suite's baselines.
+"""Few-shot training on the training core, shared by every adaptation method and eval_suite's baselines.
 
 It trains any module with ScOT's forward signature (`forward(pixel_values, time, pixel_mask=None,
-labels=None, ...) -> output with .loss`): AdamW over the given parameter groups, cosine decay, gradient
-clipping, one validation pass per epoch, and the parameters of the best validation epoch restored at
-the end (the starting point counts as epoch 0). A `grad_transform` hook runs after clipping and before
-the optimizer step; PhysGuard projects gradients there.
+labels=None, ...) -> output with .loss`) through `foundation.training.Trainer`: accelerate (one process or
+`accelerate launch`, the global batch split over ranks), autocast, AdamW over the given parameter groups,
+cosine decay, clipping, one validation pass per epoch, checkpoints and exact resume when `out` is set, and
+the parameters of the best validation epoch restored at the end (the starting point counts as epoch 0).
+A `grad_transform` runs after clipping and before the optimizer step (PhysGuard projects gradients there).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from transformers import get_cosine_schedule_with_warmup
 
+from data_pipelines.atomic import write_bytes_atomic
 from foundation.pretrain.optimization import adamw
+from foundation.training import Trainer, TrainHooks, TrainingArgs, make_accelerator, map_loader
+from foundation.training.core import FORWARD_KEYS
 
 GradTransform = Callable[[nn.Module], None]
 """Called with the model after `backward` and clipping, before `optimizer.step()`; edits `.grad` in place."""
 
-FORWARD_KEYS = ("pixel_values", "time", "pixel_mask", "labels", "pde_id", "coefficients")
+BEST_FILE = "best.safetensors"
 
 
-@dataclass
-class TrainConfig:
-    """Hyper-parameters of one training run (Poseidon's fine-tuning recipe as defaults, paper C.1)."""
+@dataclass(kw_only=True)
+class TrainConfig(TrainingArgs):
+    """Hyper-parameters of one fine-tuning run (Poseidon's fine-tuning recipe as defaults, paper C.1)."""
 
     epochs: int = 20
-    batch_size: int = 8
     lr: float = 5e-4
     weight_decay: float = 1e-6
-    grad_clip: float = 5.0
     warmup_steps: int = 0
-    max_steps: int | None = None
     optimizer: str = "adamw"
-    seed: int = 0
-    device: str = "cpu"
+    """adamw (the recipe) | sgd (for which PhysGuard's projection is exact in parameter space)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.epochs < 1:
+            raise ValueError(f"TrainConfig.epochs must be >= 1, got {self.epochs}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"TrainConfig.optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
 
 
 @dataclass
@@ -51,6 +60,8 @@ class TrainResult:
     best_epoch: int = 0
     best_val_loss: float = math.inf
     steps: int = 0
+    world_size: int = 1
+    mixed_precision: str = "no"
 
     @property
     def initial_val_loss(self) -> float:
@@ -60,9 +71,14 @@ class TrainResult:
         return asdict(self)
 
 
+def resolve_device(device: str) -> str:
+    """ "auto": CUDA when present, else CPU."""
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
 def move_batch(batch: Mapping[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:
     """The forward arguments of a collated example batch, on `device`."""
-    return {k: batch[k].to(device) for k in FORWARD_KEYS if k in batch}
+    return {k: batch[k].to(resolve_device(str(device))) for k in FORWARD_KEYS if k in batch}
 
 
 def batch_loss(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -75,18 +91,18 @@ def batch_loss(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Ten
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Dataset, *, batch_size: int = 8, device: str = "cpu") -> float:
-    """Mean loss over `data`, batches weighted by their size; the model is left in eval mode."""
+def evaluate(model: nn.Module, data: Dataset, *, batch_size: int = 8, device: str = "auto") -> float:
+    """Mean loss over `data` in this process, batches weighted by their size; the model is left in eval mode."""
     model.eval()
-    total, count = 0.0, 0
+    total, count = torch.zeros((), dtype=torch.float64), 0
     for batch in DataLoader(data, batch_size=batch_size, shuffle=False):
         batch = move_batch(batch, device)
         n = batch["pixel_values"].shape[0]
-        total += float(batch_loss(model, batch)) * n
+        total += batch_loss(model, batch).detach().double().cpu() * n
         count += n
     if count == 0:
         raise ValueError("evaluate: the validation set is empty")
-    return total / count
+    return float(total) / count
 
 
 def default_param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
@@ -96,12 +112,9 @@ def default_param_groups(model: nn.Module, lr: float, weight_decay: float) -> li
 
 
 def _make_optimizer(cfg: TrainConfig, groups: list[dict]) -> torch.optim.Optimizer:
-    """AdamW (the recipe) or plain SGD (for which PhysGuard's projection is exact in parameter space)."""
     if cfg.optimizer == "adamw":
         return adamw(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise ValueError(f"TrainConfig.optimizer must be 'adamw' or 'sgd', got {cfg.optimizer!r}")
+    return torch.optim.SGD(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -118,6 +131,69 @@ def _restore(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
             tensors[name].copy_(value)
 
 
+class FinetuneHooks(TrainHooks):
+    """Validation once per epoch; the best epoch's weights kept (in memory, and in `out/best.safetensors`
+    when the run has a folder, so a resumed run restores the same best epoch)."""
+
+    def __init__(self, val_data, cfg: TrainConfig, steps_per_epoch: int, grad_transform, log):
+        self.val_data, self.cfg, self.steps_per_epoch = val_data, cfg, steps_per_epoch
+        self.grad_transform, self.log = grad_transform, log
+        self.history: list[dict] = []
+        self.best_val, self.best_epoch = math.inf, 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self._last_seconds = 0.0
+
+    def transform_gradients(self, model: nn.Module) -> None:
+        if self.grad_transform is not None:
+            self.grad_transform(model)
+
+    def on_start(self, trainer: Trainer) -> None:
+        if self.history:  # resumed: the best weights so far are on disk
+            best = Path(self.cfg.out) / BEST_FILE
+            self.best_state = {k: v.to(trainer.accelerator.device) for k, v in load_file(best).items()}
+            return
+        val = trainer.mean_loss(self.val_data, self.cfg.batch_size)
+        self._record(
+            trainer, {"epoch": 0, "step": 0, "train_loss": math.nan, "val_loss": val, "seconds": 0.0}
+        )
+
+    def evaluate(self, trainer: Trainer) -> dict[str, float]:
+        val = trainer.mean_loss(self.val_data, self.cfg.batch_size)
+        row = {
+            "epoch": math.ceil(trainer.state.step / self.steps_per_epoch),
+            "step": trainer.state.step,
+            "train_loss": trainer.row["train/loss"],
+            "val_loss": val,
+            "seconds": trainer.row["wall_s"] - self._last_seconds,
+        }
+        self._last_seconds = trainer.row["wall_s"]
+        self._record(trainer, row)
+        return {"val/loss": val}
+
+    def _record(self, trainer: Trainer, row: dict) -> None:
+        self.history.append(row)
+        if row["val_loss"] < self.best_val:
+            self.best_val, self.best_epoch = row["val_loss"], row["epoch"]
+            model = trainer.accelerator.unwrap_model(trainer.model)
+            self.best_state = _snapshot(model)
+            if self.cfg.out and trainer.accelerator.is_main_process:
+                _save_atomic(self.best_state, Path(self.cfg.out) / BEST_FILE)
+        if self.log is not None:
+            self.log(row)
+
+    def state_dict(self) -> dict:
+        return {"history": self.history, "best_val": self.best_val, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = state.get("history", [])
+        self.best_val = state.get("best_val", math.inf)
+        self.best_epoch = state.get("best_epoch", 0)
+
+
+def _save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
+    write_bytes_atomic(path, save({k: v.detach().cpu().contiguous() for k, v in state.items()}))
+
+
 def train(
     model: nn.Module,
     train_data: Dataset,
@@ -126,86 +202,62 @@ def train(
     config: TrainConfig | None = None,
     param_groups: Iterable[dict] | None = None,
     grad_transform: GradTransform | None = None,
+    hooks: FinetuneHooks | None = None,
     log: Callable[[dict], None] | None = None,
 ) -> TrainResult:
     """Train `model` in place and restore the parameters of the best validation epoch.
 
-    `param_groups` are torch optimizer groups (extra keys such as "name" are kept); without them
-    every trainable parameter is trained at `config.lr`. `log` receives each history row.
+    `param_groups` are torch optimizer groups (extra keys such as "name" are kept); without them every
+    trainable parameter is trained at `config.lr`. `log` receives each history row. `hooks` replaces the
+    default `FinetuneHooks` (meta-learning subclasses it to run its inner loop in `backward`).
     """
     cfg = config or TrainConfig()
     torch.manual_seed(cfg.seed)
-    model.to(cfg.device)
     groups = list(param_groups) if param_groups is not None else None
     groups = groups or default_param_groups(model, cfg.lr, cfg.weight_decay)
     if not any(p.requires_grad for g in groups for p in g["params"]):
         raise ValueError("train: no trainable parameters in the given parameter groups")
     if len(train_data) == 0:
         raise ValueError("train: the training set is empty")
-    optimizer = _make_optimizer(cfg, groups)
-    loader = DataLoader(
+    acc = make_accelerator(cfg, project_dir=cfg.out)
+    loader = map_loader(
         train_data,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        drop_last=False,
-        generator=torch.Generator().manual_seed(cfg.seed),
+        cfg.batch_size,
+        rank=acc.process_index,
+        world_size=acc.num_processes,
+        seed=cfg.seed,
+        pin_memory=acc.device.type == "cuda",
     )
-    total_steps = cfg.epochs * len(loader)
+    steps_per_epoch = len(loader)
+    total_steps = cfg.epochs * steps_per_epoch
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
+    run_cfg = dataclasses.replace(cfg, max_steps=total_steps, log_every=steps_per_epoch)
+    optimizer = _make_optimizer(cfg, groups)
     scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, max(total_steps, 1))
-    trainable = [p for g in groups for p in g["params"] if p.requires_grad]
-
-    result = TrainResult()
-    val_loss = evaluate(model, val_data, batch_size=cfg.batch_size, device=cfg.device)
-    best_state = _snapshot(model)
-    result.best_val_loss = val_loss
-    _record(
-        result, {"epoch": 0, "step": 0, "train_loss": math.nan, "val_loss": val_loss, "seconds": 0.0}, log
+    hooks = hooks or FinetuneHooks(val_data, cfg, steps_per_epoch, grad_transform, log)
+    trainer = Trainer(
+        run_cfg,
+        acc,
+        model,
+        optimizer,
+        scheduler,
+        loader,
+        hooks,
+        eval_every=steps_per_epoch,
+        run_config=cfg.to_dict(),
+        project_name="pdefm-finetune",
     )
-
-    for epoch in range(1, cfg.epochs + 1):
-        if result.steps >= total_steps:
-            break
-        model.train()
-        start, running, seen = time.perf_counter(), 0.0, 0
-        for batch in loader:
-            if result.steps >= total_steps:
-                break
-            batch = move_batch(batch, cfg.device)
-            optimizer.zero_grad(set_to_none=True)
-            loss = batch_loss(model, batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"train: loss became {float(loss)} at step {result.steps}")
-            loss.backward()
-            if cfg.grad_clip and cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-            if grad_transform is not None:
-                grad_transform(model)
-            optimizer.step()
-            scheduler.step()
-            result.steps += 1
-            n = batch["pixel_values"].shape[0]
-            running += float(loss.detach()) * n
-            seen += n
-        val_loss = evaluate(model, val_data, batch_size=cfg.batch_size, device=cfg.device)
-        row = {
-            "epoch": epoch,
-            "step": result.steps,
-            "train_loss": running / max(seen, 1),
-            "val_loss": val_loss,
-            "seconds": time.perf_counter() - start,
-        }
-        _record(result, row, log)
-        if val_loss < result.best_val_loss:
-            result.best_val_loss, result.best_epoch = val_loss, epoch
-            best_state = _snapshot(model)
-    _restore(model, best_state)
-    model.eval()
-    return result
-
-
-def _record(result: TrainResult, row: dict, log: Callable[[dict], None] | None) -> None:
-    result.history.append(row)
-    if log is not None:
-        log(row)
+    state = trainer.fit()
+    unwrapped = acc.unwrap_model(trainer.model)
+    if hooks.best_state is not None:
+        _restore(unwrapped, hooks.best_state)
+    unwrapped.eval()
+    return TrainResult(
+        history=hooks.history,
+        best_epoch=hooks.best_epoch,
+        best_val_loss=hooks.best_val,
+        steps=state.step,
+        world_size=acc.num_processes,
+        mixed_precision=acc.mixed_precision,
+    )

@@ -133,7 +133,7 @@ def _examples(factor: float, n: int = 8) -> list[dict]:
 
 
 def test_trainer_keeps_best_epoch_and_is_seeded():
-    cfg = TrainConfig(epochs=5, batch_size=4, lr=0.1, grad_clip=0.0)
+    cfg = TrainConfig(epochs=5, batch_size=4, lr=0.1, max_grad_norm=0.0)
     model = Scale(0.0)
     result = train(model, _examples(2.0), _examples(2.0), config=cfg)
     assert result.best_val_loss < result.initial_val_loss and result.best_epoch > 0

@@ -72,6 +72,9 @@ class TrainHooks:
     def transform_gradients(self, model: torch.nn.Module) -> None:
         """Edit `.grad` in place after clipping, before the optimizer step (PhysGuard projects here)."""
 
+    def on_start(self, trainer: Trainer) -> None:
+        """Called once the run folder is open (after a resume), before the first step."""
+
     def evaluate(self, trainer: Trainer) -> dict[str, float]:
         """Metrics at an evaluation step (already reduced over ranks), logged as they are named."""
         return {}
@@ -148,6 +151,8 @@ class Trainer:
         # fused AdamW skips a step on device when told `found_inf`; other optimizers need a host check
         self._device_skip = bool(inner.defaults.get("fused")) and accelerator.scaler is None
         self._inner_optimizer = inner
+        self.row: dict = {}
+        """The row being logged at this step (train/loss, wall_s, ...), readable by `hooks.evaluate`."""
         self._reset_window()
 
     # ---- run folder, resume ------------------------------------------------------------------------
@@ -344,6 +349,7 @@ class Trainer:
                 self._open_run(stack)
                 if self.accelerator.trackers == [] and self.args.log_with != "none":
                     self.accelerator.init_trackers(self.project_name, config=_flat(self.run_config))
+            self.hooks.on_start(self)
             return self._loop()
 
     def _loop(self) -> TrainState:
@@ -381,6 +387,7 @@ class Trainer:
                     "wall_s": state.elapsed_s + time.monotonic() - started,
                 }
                 if evaluate:
+                    self.row = row  # the hooks may read the step's training figures
                     row.update(self.hooks.evaluate(self))
                     self.model.train()
                 self._log(row)
