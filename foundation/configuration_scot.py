@@ -77,6 +77,7 @@ class ScOTConfig(PretrainedConfig):
         num_pde_families: int = 64,
         num_coefficients: int = 8,
         operator_embed_dim: int = 64,
+        pde_vocabulary: list[str] | None = None,
         **kwargs,
     ):
         depths, num_heads = list(depths), list(num_heads)
@@ -144,6 +145,13 @@ class ScOTConfig(PretrainedConfig):
         self.num_pde_families = num_pde_families
         self.num_coefficients = num_coefficients
         self.operator_embed_dim = operator_embed_dim
+        # the PDE family names of operator conditioning: pde_id i is pde_vocabulary[i] (foundation.conditioning)
+        self.pde_vocabulary = None if pde_vocabulary is None else list(pde_vocabulary)
+        if self.pde_vocabulary is not None and len(self.pde_vocabulary) > num_pde_families:
+            raise ValueError(
+                f"ScOTConfig.pde_vocabulary has {len(self.pde_vocabulary)} families but num_pde_families is "
+                f"{num_pde_families}"
+            )
         super().__init__(**kwargs)
 
     @classmethod
