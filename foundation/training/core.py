@@ -34,7 +34,7 @@ from foundation.training.checkpoint import (
     save_checkpoint,
 )
 from foundation.training.flops import flops_per_example
-from foundation.training.run_folder import RunLock, prepare_run_folder
+from foundation.training.run_folder import RunFolderError, RunLock, prepare_run_folder
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,8 @@ class TrainHooks:
     """What a run plugs into the core; the defaults train `model(**batch).loss`."""
 
     def loss(self, model: torch.nn.Module, batch: dict) -> torch.Tensor:
-        return model(**batch).loss
+        out = model(**batch)
+        return out.loss if hasattr(out, "loss") else out["loss"]
 
     def backward(self, trainer: Trainer, batch: dict) -> torch.Tensor:
         """Compute this micro-batch's gradients into `.grad`; return its (detached or not) loss.
@@ -98,6 +99,7 @@ class TrainState:
     flops_per_example: float | None = None
     elapsed_s: float = 0.0
     bad_steps: int = 0
+    first_bad_step: int | None = None
     family_counts: dict = field(default_factory=dict)
     history: list = field(default_factory=list)
     """The logged rows (step, train/loss, eval metrics, ...), also appended to metrics.jsonl."""
@@ -176,9 +178,10 @@ class Trainer:
 
             broadcast_object_list(shared)
         message, found = shared
-        if message is not None:
+        if message is not None:  # every rank raises the main process's error, as its own class
             kind, _, text = message.partition(": ")
-            raise (CheckpointError if kind == "CheckpointError" else ValueError)(text)
+            known = {"CheckpointError": CheckpointError, "RunFolderError": RunFolderError}
+            raise known.get(kind, ValueError)(text)
         metrics = self.out / METRICS_FILE
         if found is None:
             if acc.is_main_process:
@@ -302,9 +305,12 @@ class Trainer:
         if window["bad"] == 0:
             return
         self.state.bad_steps += window["bad"]
-        first = int(window["first_bad"])
+        if self.state.first_bad_step is None:
+            self.state.first_bad_step = int(window["first_bad"])
+        first = self.state.first_bad_step
         self.accelerator.print(
-            f"warning: skipped {window['bad']} step(s) with a non-finite gradient norm (first at step {first})"
+            f"warning: skipped {window['bad']} step(s) with a non-finite gradient norm "
+            f"(at step {int(window['first_bad'])} and after)"
         )
         if self.state.bad_steps > self.args.max_bad_steps:
             kept = f"; the last good checkpoint in {self.out / 'checkpoints'} is kept" if self.out else ""
@@ -373,6 +379,7 @@ class Trainer:
             )
             evaluate = self.eval_every is not None and (state.step % self.eval_every == 0 or last)
             stop = (state.step % args.log_every == 0 or checkpoint) and self._over_time(started)
+            window = {"bad": 0}
             if state.step % args.log_every == 0 or last or checkpoint or evaluate or stop:
                 window = self._read_window()
                 self._check_bad(window)
@@ -395,7 +402,10 @@ class Trainer:
             if (checkpoint or stop) and self.out is not None:
                 state.elapsed_s += time.monotonic() - started
                 started = time.monotonic()
-                self.checkpoint()
+                if window["bad"] and not last:  # weights right after skipped steps are suspect: wait
+                    acc.print(f"warning: no checkpoint at step {state.step}: it followed skipped steps")
+                else:
+                    self.checkpoint()
             if stop:
                 acc.print(f"stopping at step {state.step}: {self.max_minutes} minutes reached")
                 break
