@@ -24,12 +24,21 @@ def hub_serve(
     root: Path = typer.Option(..., help="Folder holding the repositories (created if missing)."),
     port: int = typer.Option(8080, help="TCP port."),
     host: str = typer.Option("127.0.0.1", help="Interface to bind (0.0.0.0 to serve a cluster)."),
-    token: str = typer.Option(None, help="Write token (default: $HF_TOKEN, else generated in ROOT/.token)."),
+    token_file: Path = typer.Option(
+        None, help="File holding the write token (default: $PDEFM_HUB_TOKEN, $HF_TOKEN, else ROOT/.token)."
+    ),
+    max_upload_mb: float = typer.Option(50_000, help="Largest request body in MB; larger ones get 413."),
+    lfs_threshold_mb: float = typer.Option(
+        10, help="Files this large (MB) or larger are uploaded through LFS."
+    ),
+    token: str = typer.Option(None, hidden=True, help="Refused: use --token-file."),
 ):
     """Serve a disk-backed, Hub-compatible server; clients use HF_ENDPOINT=http://HOST:PORT."""
-    from foundation.hub.server import serve
+    from foundation.hub.server import TOKEN_ARGV_REFUSED, serve
 
-    serve(root, port, token, host)
+    if token is not None:
+        raise typer.BadParameter(TOKEN_ARGV_REFUSED, param_hint="--token")
+    serve(root, port, host, token_file, max_upload_mb, lfs_threshold_mb)
 
 
 @push_app.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import socket
@@ -13,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import quote, urlsplit
 
 import pytest
 import torch
@@ -31,6 +33,8 @@ from huggingface_hub.errors import (
 )
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+
+from foundation.hub.process import LocalHub
 
 # conftest.py has set HF_ENDPOINT/HF_TOKEN for the session server; never import conftest (it would re-run).
 HUB_TOKEN = os.environ["HF_TOKEN"]
@@ -85,10 +89,12 @@ def _request(url: str, method="GET", body: bytes | None = None, headers: dict | 
         return e.code, e.headers, e.read()
 
 
-def _start_server(root: Path, port: int, via_cli: bool = False) -> subprocess.Popen:
+def _start_server(root: Path, port: int, via_cli: bool = False, args: tuple = ()) -> subprocess.Popen:
+    """A server subprocess; the token travels in its environment, never its argv."""
     entry = ["eval_suite.command_line", "hub", "serve"] if via_cli else ["foundation.hub.server"]
-    cmd = [sys.executable, "-m", *entry, "--root", str(root), "--port", str(port)]
-    proc = subprocess.Popen([*cmd, "--token", HUB_TOKEN], cwd=REPO_ROOT, stderr=subprocess.DEVNULL)
+    cmd = [sys.executable, "-m", *entry, "--root", str(root), "--port", str(port), *args]
+    env = {**os.environ, "PDEFM_HUB_TOKEN": HUB_TOKEN}
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stderr=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -334,3 +340,274 @@ except Exception as e:
     assert "MISSING" in out.stdout
     cached = load_file(hf_hub_download(repo, "model.safetensors"))
     torch.testing.assert_close(cached, model.state_dict(), rtol=0, atol=0)
+
+
+# ---- bounded memory, LFS, limits, names, orphans, listing, token (issue 13) --------------------------
+
+
+@pytest.fixture(scope="module")
+def limited_hub(tmp_path_factory):
+    """A second server with tiny limits: 1 MB request cap, files of 10 kB or more through LFS."""
+    root = tmp_path_factory.mktemp("limited") / "hub"
+    args = ["--max-upload-mb", "1", "--lfs-threshold-mb", "0.01"]
+    with LocalHub(root, HUB_TOKEN, extra_args=args) as hub:
+        yield hub
+
+
+def _raw(endpoint: str, head: str, body: bytes = b"", timeout: float = 10):
+    """(status, headers, body) of a request written by hand on a fresh socket: headers can promise a body
+    that is never sent, which shows whether the server waits for it."""
+    url = urlsplit(endpoint)
+    with socket.create_connection((url.hostname, url.port), timeout=timeout) as sock:
+        sock.sendall(head.encode("ascii") + body)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, response.headers, response.read()
+
+
+def _lfs_log(hub: LocalHub) -> str:
+    return hub.log_path.read_text(errors="replace")
+
+
+def test_unauthenticated_huge_post_is_refused_without_reading_the_body(hub_server):
+    """Content-Length 10^11 and no body sent: the answer comes from the headers alone (waiting for the
+    body would time out), and the connection is closed instead of read to its end."""
+    for auth, status in [("", 403), ("Authorization: Bearer wrong-token\r\n", 401)]:
+        head = (
+            "POST /api/models/pdefm-tests/huge/commit/main HTTP/1.1\r\nHost: x\r\n"
+            f"{auth}Content-Type: application/x-ndjson\r\nContent-Length: {10**11}\r\n\r\n"
+        )
+        got, headers, _ = _raw(hub_server, head)
+        assert got == status and headers["Connection"] == "close"
+    assert _request(f"{hub_server}/api/whoami-v2")[0] == 200  # the server is fine
+
+
+def test_request_cap_gives_413(limited_hub):
+    """--max-upload-mb: a declared size over the cap is refused before a byte is read, a chunked body when
+    it crosses the cap, and the client learns it at preupload for a file that cannot fit."""
+    api = HfApi(endpoint=limited_hub.endpoint)
+    api.create_repo("pdefm-tests/capped")
+    auth = f"Authorization: Bearer {HUB_TOKEN}\r\n"
+    head = (
+        f"POST /api/models/pdefm-tests/capped/commit/main HTTP/1.1\r\nHost: x\r\n{auth}"
+        f"Content-Length: {2 * 2**20}\r\n\r\n"
+    )
+    status, headers, body = _raw(limited_hub.endpoint, head)
+    assert status == 413 and headers["X-Error-Code"] == "PayloadTooLarge"
+    assert "--max-upload-mb" in json.loads(body)["error"]
+
+    chunked = (
+        f"POST /api/models/pdefm-tests/capped/commit/main HTTP/1.1\r\nHost: x\r\n{auth}"
+        "Transfer-Encoding: chunked\r\n\r\n"
+    )
+    chunk = b"%x\r\n%s\r\n" % (2**18, b"x" * 2**18)
+    status, _, _ = _raw(limited_hub.endpoint, chunked, chunk * 8 + b"0\r\n\r\n")
+    assert status == 413
+
+    with pytest.raises(HfHubHTTPError) as exc:
+        api.upload_file(
+            path_or_fileobj=b"y" * (2 * 2**20), path_in_repo="big.bin", repo_id="pdefm-tests/capped"
+        )
+    assert exc.value.response.status_code == 413 and "big.bin" in str(exc.value)
+    assert api.list_repo_files("pdefm-tests/capped") == []
+
+
+def test_lfs_upload_above_the_inline_threshold(limited_hub, tmp_path):
+    """Files over the threshold (and binary ones) go through batch -> signed PUT -> verify -> lfsFile;
+    an object the server already holds is not sent again."""
+    api = HfApi(endpoint=limited_hub.endpoint)
+    repo = "pdefm-tests/lfs"
+    api.create_repo(repo)
+    text = ("line of text\n" * 4000).encode()  # 52 kB, above the 10 kB threshold
+    api.upload_file(path_or_fileobj=text, path_in_repo="notes.txt", repo_id=repo)
+    puts = _lfs_log(limited_hub).count("PUT /pdefm-tests/lfs.git/info/lfs/objects/")
+    assert puts == 1 and "POST /pdefm-tests/lfs.git/info/lfs/objects/verify" in _lfs_log(limited_hub)
+
+    entry = next(iter(api.get_paths_info(repo, ["notes.txt"])))
+    assert entry.lfs is not None and entry.lfs.sha256 == hashlib.sha256(text).hexdigest()
+    path = hf_hub_download(repo, "notes.txt", endpoint=limited_hub.endpoint, cache_dir=tmp_path / "c")
+    assert Path(path).read_bytes() == text
+
+    api.upload_file(path_or_fileobj=text, path_in_repo="copy.txt", repo_id=repo)  # same bytes: no new PUT
+    assert _lfs_log(limited_hub).count("PUT /pdefm-tests/lfs.git/info/lfs/objects/") == puts
+    binary = bytes(range(256)) * 4  # 1 kB with NUL bytes: LFS too, as on the Hub
+    api.upload_file(path_or_fileobj=binary, path_in_repo="w.bin", repo_id=repo)
+    assert _lfs_log(limited_hub).count("PUT /pdefm-tests/lfs.git/info/lfs/objects/") == puts + 1
+    assert sorted(api.list_repo_files(repo)) == ["copy.txt", "notes.txt", "w.bin"]
+
+
+def test_lfs_put_needs_a_signed_url_and_the_announced_bytes(limited_hub):
+    """The PUT carries no credentials (as to a presigned URL): a bad signature is refused, and bytes whose
+    sha256 differs from the announced object are not stored."""
+    HfApi(endpoint=limited_hub.endpoint).create_repo("pdefm-tests/lfs-signed", exist_ok=True)
+    data = b"z" * 20_000
+    oid = hashlib.sha256(data).hexdigest()
+    batch = {"operation": "upload", "transfers": ["basic"], "objects": [{"oid": oid, "size": len(data)}]}
+    status, _, body = _request(
+        f"{limited_hub.endpoint}/pdefm-tests/lfs-signed.git/info/lfs/objects/batch",
+        "POST",
+        json.dumps(batch).encode(),
+        {"Authorization": f"Bearer {HUB_TOKEN}", "Content-Type": "application/vnd.git-lfs+json"},
+    )
+    assert status == 200
+    href = json.loads(body)["objects"][0]["actions"]["upload"]["href"]
+    assert _request(href.replace("signature=", "signature=0"), "PUT", data)[0] == 403
+    status, headers, _ = _request(href, "PUT", b"w" * len(data))
+    assert status == 400 and "sha256" in headers["X-Error-Message"]
+    assert _request(href, "PUT", data)[0] == 200
+
+
+def test_dataset_push_to_hub_round_trip(hub_server):
+    """datasets.Dataset.push_to_hub uploads its parquet shards through LFS; load_dataset reads them back."""
+    import datasets
+
+    rows = {"idx": list(range(30)), "pde": ["ns", "wave", "burgers"] * 10, "u": [[i, -i] for i in range(30)]}
+    datasets.Dataset.from_dict(rows).push_to_hub("pdefm-tests/pushed-ds", max_shard_size="1KB")
+    files = HfApi().list_repo_files("pdefm-tests/pushed-ds", repo_type="dataset")
+    assert sum(f.endswith(".parquet") for f in files) > 1 and "README.md" in files
+    back = datasets.load_dataset("pdefm-tests/pushed-ds", split="train").sort("idx")
+    assert back.to_dict() == rows
+
+
+def test_non_latin1_repo_and_file_names(hub_server):
+    """Error headers naming a non-Latin-1 repo or file are percent-encoded: the client gets the proper
+    exception (and the exact name in the JSON body) and the keep-alive connection stays usable."""
+    api = HfApi()
+    repo = "pdefm-tests/unicode"
+    api.create_repo(repo, exist_ok=True)
+    api.upload_file(path_or_fileobj=b"ok", path_in_repo="données/模型.txt", repo_id=repo)
+    assert Path(hf_hub_download(repo, "données/模型.txt")).read_bytes() == b"ok"
+    with pytest.raises(EntryNotFoundError, match=quote("ファイル")):  # a HEAD: the header is all there is
+        hf_hub_download(repo, "缺失/ファイル.bin")
+
+    url = urlsplit(hub_server)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    conn.request("GET", "/api/models/org/" + quote("模型"))
+    response = conn.getresponse()
+    body = json.loads(response.read())
+    assert response.status == 400 and "模型" in body["error"]
+    assert (
+        response.headers["X-Error-Message"].isascii() and quote("模型") in response.headers["X-Error-Message"]
+    )
+    conn.request("GET", "/api/whoami-v2")  # same connection: nothing was dropped
+    assert conn.getresponse().status == 200
+    conn.close()
+
+
+def test_orphan_upload_of_a_killed_server_is_removed_at_start(tmp_path):
+    """A server killed in the middle of an LFS PUT leaves a partial file; the next start removes it."""
+    root = tmp_path / "hub"
+    hub = LocalHub(root, HUB_TOKEN).start()
+    try:
+        api = HfApi(endpoint=hub.endpoint)
+        api.create_repo("pdefm-tests/orphans")
+        api.upload_file(path_or_fileobj=b"kept", path_in_repo="a.txt", repo_id="pdefm-tests/orphans")
+        data = b"q" * 2**20
+        oid = hashlib.sha256(data).hexdigest()
+        batch = {"operation": "upload", "transfers": ["basic"], "objects": [{"oid": oid, "size": len(data)}]}
+        _, _, body = _request(
+            f"{hub.endpoint}/pdefm-tests/orphans.git/info/lfs/objects/batch",
+            "POST",
+            json.dumps(batch).encode(),
+            {"Authorization": f"Bearer {HUB_TOKEN}", "Content-Type": "application/json"},
+        )
+        href = urlsplit(json.loads(body)["objects"][0]["actions"]["upload"]["href"])
+        sock = socket.create_connection((href.hostname, href.port), timeout=10)
+        head = f"PUT {href.path}?{href.query} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n\r\n"
+        sock.sendall(head.encode() + data[: len(data) // 2])
+        deadline = time.monotonic() + 20
+        while not (parts := list((root / "tmp").glob("*/*.part"))):
+            assert time.monotonic() < deadline, "the upload never reached the disk"
+            time.sleep(0.05)
+        while parts[0].stat().st_size < len(data) // 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        hub._proc.kill()  # SIGKILL: no cleanup runs
+        hub._proc.wait()
+        sock.close()
+        assert parts[0].exists()
+    finally:
+        hub.stop()
+    with LocalHub(root, HUB_TOKEN, port=hub.port) as restarted:
+        assert not parts[0].exists() and not parts[0].parent.exists()
+        assert "removed 1 temporary file" in restarted.log_path.read_text()
+        assert HfApi(endpoint=restarted.endpoint).list_repo_files("pdefm-tests/orphans") == ["a.txt"]
+
+
+def test_list_models_and_datasets_with_filters(hub_server):
+    """list_models/list_datasets see what the hub holds: author and search filters, limit, and private
+    repos only with the token."""
+    api = HfApi()
+    for repo, kind, private in [
+        ("pdefm-list-a/alpha-model", "model", False),
+        ("pdefm-list-a/beta-model", "model", False),
+        ("pdefm-list-a/secret-model", "model", True),
+        ("pdefm-list-b/alpha-other", "model", False),
+        ("pdefm-list-a/alpha-corpus", "dataset", False),
+    ]:
+        api.create_repo(repo, repo_type=kind, private=private, exist_ok=True)
+    assert [m.id for m in api.list_models(author="pdefm-list-a")] == [
+        "pdefm-list-a/alpha-model",
+        "pdefm-list-a/beta-model",
+        "pdefm-list-a/secret-model",
+    ]
+    anonymous = HfApi(token=False)
+    assert [m.id for m in anonymous.list_models(author="pdefm-list-a")] == [
+        "pdefm-list-a/alpha-model",
+        "pdefm-list-a/beta-model",
+    ]
+    assert {m.id for m in api.list_models(search="ALPHA")} >= {
+        "pdefm-list-a/alpha-model",
+        "pdefm-list-b/alpha-other",
+    }
+    assert "pdefm-list-a/alpha-corpus" not in {m.id for m in api.list_models(search="alpha")}
+    assert len(list(api.list_models(author="pdefm-list-a", limit=1))) == 1
+    assert [d.id for d in api.list_datasets(author="pdefm-list-a", search="corpus")] == [
+        "pdefm-list-a/alpha-corpus"
+    ]
+    full = next(iter(api.list_models(author="pdefm-list-a", search="beta", full=True)))
+    assert full.siblings == [] and full.sha
+    with pytest.raises(HfHubHTTPError, match="unsupported listing parameter"):
+        list(api.list_models(filter="text-classification"))
+
+
+def test_token_never_on_the_server_command_line(tmp_path):
+    """LocalHub passes the token in the environment; `pdefm hub serve --token-file` reads it from a file;
+    `--token VALUE` is refused with a pointer to --token-file."""
+    with LocalHub(tmp_path / "a", "argv-secret-1") as hub:
+        cmdline = Path(f"/proc/{hub.pid}/cmdline").read_bytes()
+        assert b"argv-secret-1" not in cmdline and b"foundation.hub.server" in cmdline
+        assert HfApi(endpoint=hub.endpoint, token="argv-secret-1").whoami()["name"] == "pdefm"
+
+    token_file = tmp_path / "token"
+    token_file.write_text("file-secret-2\n")
+    token_file.chmod(0o600)
+    port = _free_port()
+    cmd = [sys.executable, "-m", "eval_suite.command_line", "hub", "serve", "--root", str(tmp_path / "b")]
+    proc = subprocess.Popen(
+        [*cmd, "--port", str(port), "--token-file", str(token_file)], cwd=REPO_ROOT, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while _request_ok(f"http://127.0.0.1:{port}/api/whoami-v2") is False:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        assert b"file-secret-2" not in Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        api = HfApi(endpoint=f"http://127.0.0.1:{port}", token="file-secret-2")
+        assert api.whoami()["name"] == "pdefm"
+        with pytest.raises(HfHubHTTPError, match="Invalid credentials"):
+            HfApi(endpoint=f"http://127.0.0.1:{port}", token=HUB_TOKEN).create_repo("pdefm-tests/no")
+    finally:
+        proc.terminate()
+        proc.wait()
+
+    out = subprocess.run([*cmd, "--token", "x"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--token-file" in out.stderr and "Traceback" not in out.stderr
+
+
+def _request_ok(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=1).close()
+        return True
+    except OSError:
+        return False

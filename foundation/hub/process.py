@@ -6,6 +6,7 @@ the Hub clients (they read the endpoint once, at import).
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -22,23 +23,50 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class LocalHub:
-    """`with LocalHub(root, token) as hub:` serves `root` at `hub.endpoint` until the block ends."""
+    """`with LocalHub(root, token) as hub:` serves `root` at `hub.endpoint` until the block ends.
 
-    def __init__(self, root: str | Path, token: str, port: int | None = None, startup_timeout: float = 30.0):
+    The token reaches the server through its environment ($PDEFM_HUB_TOKEN), never its argv, which any
+    user can read in `ps`. `extra_args` are more `python -m foundation.hub.server` options (limits).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        token: str,
+        port: int | None = None,
+        startup_timeout: float = 30.0,
+        extra_args: list[str] | None = None,
+    ):
         self.root = Path(root)
         self.token = token
         self.port = port or free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.startup_timeout = startup_timeout
+        self.extra_args = list(extra_args or [])
         self.log_path = self.root.parent / f"{self.root.name}.server.log"
         self._proc: subprocess.Popen | None = None
 
+    @property
+    def pid(self) -> int | None:
+        """The server process id while it runs."""
+        return self._proc.pid if self._proc is not None else None
+
     def start(self) -> LocalHub:
         self.root.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "foundation.hub.server", "--root", str(self.root)]
-        cmd += ["--port", str(self.port), "--token", self.token]
+        cmd = [
+            sys.executable,
+            "-m",
+            "foundation.hub.server",
+            "--root",
+            str(self.root),
+            "--port",
+            str(self.port),
+        ]
+        env = {**os.environ, "PDEFM_HUB_TOKEN": self.token}
         with open(self.log_path, "wb") as log:
-            self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            self._proc = subprocess.Popen(
+                [*cmd, *self.extra_args], stdout=log, stderr=subprocess.STDOUT, env=env
+            )
         deadline = time.monotonic() + self.startup_timeout
         while True:
             try:

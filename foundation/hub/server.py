@@ -1,9 +1,15 @@
 """pdefm's Hub-compatible HTTP server: the routes huggingface_hub, transformers, peft and datasets use.
 
-Run ``python -m foundation.hub.server --root DIR --port P --token T`` (or ``pdefm hub serve``), then point
-clients at it with ``HF_ENDPOINT=http://HOST:P HF_TOKEN=T``. Reads of public repos need no token; every
-write needs the configured token. State lives in ``DIR`` (see ``storage.py``) and survives restarts.
-Uploads are always "regular" (files inlined base64 in the ndjson commit), so no LFS/Xet storage is needed.
+Run ``pdefm hub serve --root DIR --port P`` (or ``python -m foundation.hub.server``), then point clients at
+it with ``HF_ENDPOINT=http://HOST:P HF_TOKEN=<token> HF_HUB_DISABLE_XET=1``. Reads of public repos need
+no token; every write needs the server's token, which comes from ``--token-file``, ``$PDEFM_HUB_TOKEN``,
+``$HF_TOKEN`` or ``ROOT/.token`` (never the command line, where ``ps`` shows it to every user).
+
+Memory stays bounded whatever clients send: authorisation is decided from the headers before a body byte
+is read, bodies are streamed in 1 MiB chunks (uploads straight to a temporary file on disk) and capped
+by ``--max-upload-mb`` (413). Files below ``--lfs-threshold-mb`` are inlined base64 in the ndjson commit;
+larger ones go through the git LFS batch API (basic transfer: one signed PUT per object, then verify).
+State lives in ``DIR`` (see ``storage.py``) and survives restarts.
 """
 
 from __future__ import annotations
@@ -12,17 +18,23 @@ import argparse
 import base64
 import binascii
 import hashlib
+import hmac
+import io
 import json
 import os
 import re
 import secrets
+import socket
+import stat
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from foundation.hub.storage import (
     REPO_TYPES,
+    BlobWriter,
     FileChange,
     HubError,
     RepoStore,
@@ -32,8 +44,26 @@ from foundation.hub.storage import (
 )
 
 _CHUNK = 1 << 20
+_MB = 1 << 20
+_SMALL_BODY = 16 * _MB  # JSON and form bodies (preupload, batch, paths-info, ...) are read whole up to this
+_DRAIN_LIMIT = 64 * 1024  # an unread body up to this size is drained to keep the connection alive
+_LINGER_SECONDS = 5.0  # after refusing an unread body, discard what the client still sends for this long
+_LFS_URL_SECONDS = 24 * 3600
 _TYPE_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 _PLURAL = {f"{t}s": t for t in REPO_TYPES}
+_LIST_PARAMS = {"author", "search", "sort", "direction", "limit", "full", "expand", "config", "cardData"}
+_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F))
+TOKEN_ENV = "PDEFM_HUB_TOKEN"
+
+
+def header_value(value) -> str:
+    """An HTTP header value http.server can send: one line, non-ASCII characters percent-encoded (UTF-8).
+
+    http.server encodes headers as Latin-1 and raises on anything else, which dropped the connection on
+    an error message naming a non-Latin-1 repo or file; the JSON body still carries the message as is.
+    """
+    text = re.sub(r"[\x00-\x1f\x7f]+", " ", str(value))
+    return text if text.isascii() else quote(text, safe=_HEADER_SAFE)
 
 
 def _directory_entries(tree: dict[str, dict], base: str, recursive: bool) -> list[dict]:
@@ -50,16 +80,23 @@ def _directory_entries(tree: dict[str, dict], base: str, recursive: bool) -> lis
             d = prefix + "/".join(rest[:depth])
             dirs.setdefault(d, hashlib.sha1()).update(f"{path}:{meta['oid']}".encode())
         if len(rest) == 1 or recursive:
-            files.append({"type": "file", "path": path, "size": meta["size"], "oid": meta["oid"]})
+            files.append(_file_entry(path, meta))
     folders = [
         {"type": "directory", "path": d, "oid": h.hexdigest(), "size": 0} for d, h in sorted(dirs.items())
     ]
     return folders + files
 
 
+def _file_entry(path: str, meta: dict) -> dict:
+    entry = {"type": "file", "path": path, "size": meta["size"], "oid": meta["oid"]}
+    if meta.get("sha256"):  # uploaded through LFS: what list_repo_tree reports as RepoFile.lfs
+        entry["lfs"] = {"oid": meta["sha256"], "size": meta["size"], "pointerSize": 134}
+    return entry
+
+
 def _path_entry(tree: dict[str, dict], path: str) -> dict | None:
     if path in tree:
-        return {"type": "file", "path": path, "size": tree[path]["size"], "oid": tree[path]["oid"]}
+        return _file_entry(path, tree[path])
     prefix = path.rstrip("/") + "/"
     inside = sorted(p for p in tree if p.startswith(prefix))
     if not inside and path not in ("", "/"):
@@ -68,8 +105,71 @@ def _path_entry(tree: dict[str, dict], path: str) -> dict | None:
     return {"type": "directory", "path": path.rstrip("/"), "oid": oid, "size": 0}
 
 
+class RequestBody(io.RawIOBase):
+    """A request body as a file: yields exactly the Content-Length or chunked bytes, never more than ``cap``.
+
+    Nothing is read from the socket until the first ``readinto``, so a route can refuse a request (bad
+    token, too large) on its headers alone; ``Expect: 100-continue`` is answered only at that point.
+    """
+
+    def __init__(self, handler: HubHandler, length: int | None, cap: int):
+        self._handler, self._cap = handler, cap
+        self.chunked = length is None
+        self.remaining = length or 0  # bytes left (Content-Length), or left in the current chunk
+        self.total = 0
+        self.started = False
+        self.done = not self.chunked and not length
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        if self.done:
+            return 0
+        rfile = self._handler.rfile
+        if not self.started:
+            self.started = True
+            if not self.chunked and self.remaining > self._cap:
+                raise _too_large(self.remaining, self._cap)
+            self._handler.send_continue()
+        if self.chunked and self.remaining == 0:
+            line = rfile.readline(1024)
+            try:
+                size = int(line.split(b";")[0].strip(), 16)
+            except ValueError:
+                raise HubError(400, None, f"malformed chunk size line {line[:40]!r}") from None
+            if size == 0:
+                while rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                self.done = True
+                return 0
+            self.total += size
+            if self.total > self._cap:
+                raise _too_large(self.total, self._cap)
+            self.remaining = size
+        n = rfile.readinto1(memoryview(buf)[: min(len(buf), self.remaining)])
+        if not n:
+            raise HubError(400, None, "request body ended before its declared length")
+        self.remaining -= n
+        if self.remaining == 0:
+            if self.chunked:
+                rfile.readline(16)  # the CRLF that ends a chunk
+            else:
+                self.done = True
+        return n
+
+
+def _too_large(size: int, cap: int) -> HubError:
+    return HubError(
+        413,
+        "PayloadTooLarge",
+        f"request body of {size} bytes is larger than this hub's limit of {cap} bytes "
+        "(pdefm hub serve --max-upload-mb)",
+    )
+
+
 class HubHandler(BaseHTTPRequestHandler):
-    """One request. ``self.server`` carries ``store`` (RepoStore) and ``token`` (the write token)."""
+    """One request. ``self.server`` (HubServer) carries the store, the token and the limits."""
 
     protocol_version = "HTTP/1.1"
     server_version = "pdefm-hub/1"
@@ -79,39 +179,100 @@ class HubHandler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):  # one line per request on stderr, as http.server does
         sys.stderr.write(f"{self.address_string()} {fmt % args}\n")
 
-    def _body(self) -> bytes:
-        """The whole request body (Content-Length or chunked); always consumed, so keep-alive stays in sync."""
-        if getattr(self, "_body_cache", None) is not None:
-            return self._body_cache
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            parts = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    break
-                parts.append(self.rfile.read(size))
-                self.rfile.readline()
-            data = b"".join(parts)
-        else:
-            data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self._body_cache = data
+    def handle_expect_100(self) -> bool:
+        """Defer "100 Continue" until a route reads the body: a refused request never invites it."""
+        self._expect_continue = True
+        return True
+
+    def send_continue(self) -> None:
+        if getattr(self, "_expect_continue", False):
+            self._expect_continue = False
+            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.wfile.flush()
+
+    def _open_body(self) -> None:
+        """Set up this request's body from its headers; reads nothing."""
+        length = None
+        if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
+            raw = self.headers.get("Content-Length") or "0"
+            if not raw.isdigit():
+                self.close_connection = True
+                raise HubError(400, None, f"invalid Content-Length {raw!r}")
+            length = int(raw)
+        self._request_body = RequestBody(self, length, self.server.max_upload)
+        self._reader = io.BufferedReader(self._request_body, _CHUNK)
+        self._linger = False
+
+    def _read_small(self) -> bytes:
+        """The whole body of a JSON/form route, refused (413) past ``_SMALL_BODY`` before it is read."""
+        body = self._request_body
+        if not body.chunked and body.remaining > _SMALL_BODY:
+            raise _too_large(body.remaining, _SMALL_BODY)
+        data = self._reader.read(_SMALL_BODY + 1)
+        if len(data) > _SMALL_BODY:
+            raise _too_large(len(data), _SMALL_BODY)
         return data
 
     def _json_body(self) -> dict:
         try:
-            return json.loads(self._body() or b"{}")
-        except json.JSONDecodeError as e:
+            body = json.loads(self._read_small() or b"{}")
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise HubError(400, None, f"request body is not valid JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise HubError(400, None, f"request body must be a JSON object, got {type(body).__name__}")
+        return body
+
+    def _settle_body(self) -> None:
+        """Before answering: drain a small unread body (keep-alive stays in sync), else close after replying."""
+        body = self._request_body
+        if body.done or self.close_connection:
+            return
+        if (
+            not body.chunked
+            and body.remaining <= _DRAIN_LIMIT
+            and not getattr(self, "_expect_continue", False)
+        ):
+            try:
+                while self._reader.read(_DRAIN_LIMIT):
+                    pass
+                return
+            except HubError:
+                pass
+        # Never read a large or refused body: answer, then close the connection (see _linger_close).
+        self.close_connection = True
+        self._linger = True
+
+    def _start_response(self, status: int, headers: dict) -> None:
+        self._settle_body()
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, header_value(v))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+
+    def _linger_close(self) -> None:
+        """Half-close, then discard (never store) what the client still sends for a few seconds.
+
+        Closing a socket with unread input makes the kernel send a reset, which can destroy the error
+        response before the client reads it; discarding in a fixed buffer costs no memory.
+        """
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + _LINGER_SECONDS
+            buf = bytearray(_DRAIN_LIMIT)
+            while (left := deadline - time.monotonic()) > 0:
+                self.connection.settimeout(left)
+                if not self.connection.recv_into(buf):
+                    break
+        except OSError:
+            pass
 
     def _send(self, status: int, body: bytes = b"", headers: dict | None = None, ctype="application/json"):
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
+        self._start_response(
+            status, {"Content-Type": ctype, "Content-Length": str(len(body)), **(headers or {})}
+        )
         if self.command != "HEAD":
             self.wfile.write(body)
 
@@ -119,7 +280,7 @@ class HubHandler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(obj).encode(), headers)
 
     def _error(self, err: HubError, headers: dict | None = None):
-        extra = {"X-Error-Message": err.message.replace("\n", " "), **(headers or {})}
+        extra = {"X-Error-Message": err.message, **(headers or {})}
         if err.code:
             extra["X-Error-Code"] = err.code
         self._json({"error": err.message}, err.status, extra)
@@ -141,7 +302,7 @@ class HubHandler(BaseHTTPRequestHandler):
     def _require_write(self):
         if not self._authorized():
             raise HubError(
-                403, None, "writing to this hub needs its token: set HF_TOKEN to the server's --token"
+                403, None, "writing to this hub needs its token: set HF_TOKEN to the server's token"
             )
 
     def _readable(self, repo_type: str, repo_id: str) -> dict:
@@ -169,32 +330,39 @@ class HubHandler(BaseHTTPRequestHandler):
         self._dispatch()
 
     def _dispatch(self):
-        self._body_cache = None
         url = urlsplit(self.path)
         self.query = parse_qs(url.query)
         seg = url.path.strip("/").split("/")
         method = self.command
+        self._request_body = RequestBody(self, 0, 0)  # replaced by _open_body; keeps _settle_body safe
         try:
-            self._authorized()  # a wrong token fails every request, even reads
+            self._open_body()
+            self._authorized()  # a wrong token fails every request, even reads, before any body byte
+            lfs = next((i for i, part in enumerate(seg) if part.endswith(".git")), None)
             if seg[:1] == ["api"]:
                 self._api(method, seg[1:])
+            elif lfs is not None and seg[lfs + 1 : lfs + 4] == ["info", "lfs", "objects"]:
+                repo_type = "model" if lfs == 1 else seg[0][:-1] if seg[0] in ("datasets", "spaces") else ""
+                if lfs not in (1, 2) or not repo_type:
+                    raise HubError(404, None, f"no route for {method} {url.path}")
+                repo_id = unquote("/".join(seg[lfs - 1 : lfs + 1]).removesuffix(".git"))
+                self._lfs(method, repo_type, repo_id, seg[lfs + 4 :])
             elif len(seg) >= 5 and seg[0] in ("datasets", "spaces") and seg[3] == "resolve":
-                self._resolve(seg[0][:-1], f"{seg[1]}/{seg[2]}", seg[4:])
+                self._resolve(seg[0][:-1], unquote(f"{seg[1]}/{seg[2]}"), seg[4:])
             elif len(seg) >= 4 and seg[2] == "resolve":
-                self._resolve("model", f"{seg[0]}/{seg[1]}", seg[3:])
+                self._resolve("model", unquote(f"{seg[0]}/{seg[1]}"), seg[3:])
             else:
                 raise HubError(404, None, f"no route for {method} {url.path}")
         except HubError as e:
-            self._body()
             self._error(e)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         except Exception as e:  # a bug or malformed input must still get an answer, never a dropped socket
             self.log_error("internal error on %s %s: %r", method, url.path, e)
-            self._body()
             self._error(HubError(500, None, f"internal server error: {type(e).__name__}: {e}"))
         finally:
-            self._body()  # an unread body would be parsed as the next request on this connection
+            if self._linger:
+                self._linger_close()
 
     def _api(self, method: str, seg: list[str]):
         store: RepoStore = self.server.store
@@ -205,8 +373,10 @@ class HubHandler(BaseHTTPRequestHandler):
             auth = {"type": "access_token", "accessToken": {"displayName": name, "role": role}}
             return self._json({"type": "user", "name": name, "fullname": name, "orgs": [], "auth": auth})
         if seg == ["validate-yaml"] and method == "POST":
-            self._body()
+            self._read_small()
             return self._json({"errors": [], "warnings": []})
+        if len(seg) == 1 and seg[0] in _PLURAL and method in ("GET", "HEAD"):
+            return self._json(self._list_repos(_PLURAL[seg[0]]))
         if seg == ["repos", "create"] and method == "POST":
             self._require_write()
             body = self._json_body()
@@ -232,7 +402,7 @@ class HubHandler(BaseHTTPRequestHandler):
             )
             return self._json({})
         if len(seg) >= 3 and seg[0] in _PLURAL:
-            return self._repo_api(method, _PLURAL[seg[0]], f"{seg[1]}/{seg[2]}", seg[3:])
+            return self._repo_api(method, _PLURAL[seg[0]], unquote(f"{seg[1]}/{seg[2]}"), seg[3:])
         raise HubError(404, None, f"no route for {method} /api/{'/'.join(seg)}")
 
     def _repo_api(self, method: str, repo_type: str, repo_id: str, rest: list[str]):
@@ -242,10 +412,11 @@ class HubHandler(BaseHTTPRequestHandler):
         rev = unquote(rest[1]) if len(rest) > 1 else "main"
         if method in ("GET", "HEAD") and route in ("", "revision"):
             rev = unquote("/".join(rest[1:])) if route else "main"
-            return self._json(self._repo_info(repo_type, repo_id, rev))
-        if method == "GET" and route == "tree":
             state = self._readable(repo_type, repo_id)
-            del state
+            commit = store.commit(repo_type, repo_id, store.resolve(repo_type, repo_id, rev))
+            return self._json(self._repo_info(repo_type, repo_id, state, commit, siblings=True))
+        if method == "GET" and route == "tree":
+            self._readable(repo_type, repo_id)
             tree = store.commit(repo_type, repo_id, store.resolve(repo_type, repo_id, rev)).tree
             base = unquote("/".join(rest[2:])).strip("/")
             if base and _path_entry(tree, base) is None:
@@ -255,11 +426,14 @@ class HubHandler(BaseHTTPRequestHandler):
         if method == "POST" and route == "paths-info":
             self._readable(repo_type, repo_id)
             tree = store.commit(repo_type, repo_id, store.resolve(repo_type, repo_id, rev)).tree
-            body = self._body()
-            if self.headers.get("Content-Type", "").startswith("application/json"):
-                paths = json.loads(body or b"{}").get("paths", [])
-            else:
-                paths = parse_qs(body.decode()).get("paths", [])
+            body = self._read_small()
+            try:
+                if self.headers.get("Content-Type", "").startswith("application/json"):
+                    paths = json.loads(body or b"{}").get("paths", [])
+                else:
+                    paths = parse_qs(body.decode()).get("paths", [])
+            except (ValueError, AttributeError) as e:
+                raise HubError(400, None, f"malformed paths-info body: {e}") from None
             entries = [_path_entry(tree, p) for p in paths]
             return self._json([e for e in entries if e is not None])
         if method == "GET" and route == "refs":
@@ -298,39 +472,24 @@ class HubHandler(BaseHTTPRequestHandler):
             return self._json({})
         if method == "POST" and route == "preupload":
             self._require_write()
-            self._readable(repo_type, repo_id)
-            tree = store.commit(repo_type, repo_id, store.resolve(repo_type, repo_id, rev)).tree
-            files = self._json_body().get("files", [])
-            # "regular" for every file: the client inlines it in the commit. The current oid lets it skip no-ops.
-            return self._json(
-                {
-                    "files": [
-                        {
-                            "path": f["path"],
-                            "uploadMode": "regular",
-                            "shouldIgnore": False,
-                            "oid": tree.get(f["path"], {}).get("oid"),
-                        }
-                        for f in files
-                    ]
-                }
-            )
+            return self._preupload(repo_type, repo_id, rev)
         if method == "POST" and route == "commit":
             self._require_write()
             return self._commit(repo_type, repo_id, rev)
+        if method == "GET" and route.startswith("xet-") and route.endswith("-token"):
+            raise HubError(
+                501,
+                "XetNotSupported",
+                "this pdefm hub stores large files through git LFS, not Xet: set HF_HUB_DISABLE_XET=1 in "
+                "the client's environment (huggingface_hub then uploads through LFS)",
+            )
         if route == "discussions":
             return self._discussions(method, repo_type, repo_id, rest[1:])
         raise HubError(404, None, f"no route for {method} /api/{repo_type}s/{repo_id}/{'/'.join(rest)}")
 
     # ---- routes ------------------------------------------------------------------------------------
 
-    def _repo_info(self, repo_type: str, repo_id: str, rev: str) -> dict:
-        store: RepoStore = self.server.store
-        state = self._readable(repo_type, repo_id)
-        commit = store.commit(repo_type, repo_id, store.resolve(repo_type, repo_id, rev))
-        siblings = [
-            {"rfilename": p, "size": m["size"], "blobId": m["oid"]} for p, m in sorted(commit.tree.items())
-        ]
+    def _repo_info(self, repo_type: str, repo_id: str, state: dict, commit, siblings: bool) -> dict:
         info = {
             "_id": hashlib.sha1(f"{repo_type}/{repo_id}".encode()).hexdigest()[:24],
             "id": repo_id,
@@ -344,24 +503,112 @@ class HubHandler(BaseHTTPRequestHandler):
             "downloads": 0,
             "likes": 0,
             "tags": [],
-            "siblings": siblings,
             "usedStorage": sum(m["size"] for m in commit.tree.values()),
         }
+        if siblings:
+            info["siblings"] = []
+            for path, meta in sorted(commit.tree.items()):
+                sibling = {"rfilename": path, "size": meta["size"], "blobId": meta["oid"]}
+                if meta.get("sha256"):
+                    sibling["lfs"] = {"sha256": meta["sha256"], "size": meta["size"], "pointerSize": 134}
+                info["siblings"].append(sibling)
         if repo_type == "model":
             info["modelId"] = repo_id
         return info
 
-    def _commit(self, repo_type: str, repo_id: str, rev: str):
+    def _list_repos(self, repo_type: str) -> list[dict]:
+        """``GET /api/models|datasets|spaces``: what list_models/list_datasets read, filtered by ``author``
+        (exact org) and ``search`` (substring of the id, any case); one page, no Link header."""
+        q = {k: v[-1] for k, v in self.query.items()}
+        unsupported = sorted(set(self.query) - _LIST_PARAMS)
+        if unsupported:
+            raise HubError(
+                400,
+                None,
+                f"unsupported listing parameter(s) {unsupported}: this hub filters by author and search "
+                "and sorts by id, lastModified or createdAt",
+            )
+        try:
+            limit = int(q["limit"]) if "limit" in q else None
+        except ValueError:
+            raise HubError(400, None, f"limit must be an integer, got {q['limit']!r}") from None
+        sort = q.get("sort", "id")
+        if sort not in ("id", "lastModified", "createdAt"):
+            raise HubError(400, None, f"cannot sort by {sort!r}: expected id, lastModified or createdAt")
+        siblings = q.get("full", "").lower() in ("1", "true") or "siblings" in self.query.get("expand", [])
+        store: RepoStore = self.server.store
+        authorized = self._authorized()
+        search = q.get("search", "").lower()
+        out = []
+        for repo_id, state in store.list_repos(repo_type):
+            if state["private"] and not authorized:
+                continue
+            if "author" in q and repo_id.split("/")[0] != q["author"]:
+                continue
+            if search not in repo_id.lower():
+                continue
+            commit = store.commit(repo_type, repo_id, state["branches"]["main"])
+            out.append(self._repo_info(repo_type, repo_id, state, commit, siblings))
+        descending = q.get("direction", "-1" if sort != "id" else "1") == "-1"
+        out.sort(key=lambda info: info[sort], reverse=descending)
+        return out if limit is None else out[: max(limit, 0)]
+
+    def _preupload(self, repo_type: str, repo_id: str, rev: str):
+        """Binary files (a NUL byte in the sample, git's test) and files of ``--lfs-threshold-mb`` or more go
+        through LFS ("lfs"), as on the Hub; small text files are inlined in the commit ("regular").
+
+        ``oid`` is what the client compares with its own to skip unchanged files: the sha256 for LFS
+        files, the git sha1 for inline ones.
+        """
         store: RepoStore = self.server.store
         self._readable(repo_type, repo_id)
+        tree = store.commit(repo_type, repo_id, store.resolve(repo_type, repo_id, rev)).tree
+        answer = []
+        for f in self._json_body().get("files", []):
+            path, size = f.get("path"), f.get("size")
+            if not isinstance(path, str) or not isinstance(size, int):
+                raise HubError(400, None, f"preupload entries need a string path and an integer size: {f!r}")
+            if size > self.server.max_upload:
+                raise HubError(
+                    413,
+                    "PayloadTooLarge",
+                    f"{path!r} is {size} bytes, larger than this hub's limit of {self.server.max_upload} "
+                    "bytes (pdefm hub serve --max-upload-mb)",
+                )
+            try:
+                sample = base64.b64decode(f.get("sample") or "")
+            except (binascii.Error, TypeError):
+                raise HubError(400, None, f"preupload sample of {path!r} is not base64") from None
+            lfs = size > 0 and (size >= self.server.lfs_threshold or b"\0" in sample)
+            meta = tree.get(path, {})
+            oid = meta.get("sha256") if lfs else meta.get("oid")
+            answer.append(
+                {"path": path, "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid}
+            )
+        return self._json({"files": answer})
+
+    def _commit(self, repo_type: str, repo_id: str, rev: str):
+        """The ndjson commit, read line by line from the socket: inline files are decoded one at a time
+        (each under the LFS threshold), LFS files are references to objects already uploaded."""
+        store: RepoStore = self.server.store
+        self._readable(repo_type, repo_id)
+        threshold = self.server.lfs_threshold
+        line_limit = 4 * (threshold // 3 + 1) + 64 * 1024  # base64 of a file below the threshold + JSON
         header, changes = None, []
-        for line in self._body().splitlines():
+        while line := self._reader.readline(line_limit + 1):
+            if len(line) > line_limit:
+                raise HubError(
+                    413,
+                    "PayloadTooLarge",
+                    f"a commit line is over {line_limit} bytes: files of {threshold} bytes or more must be "
+                    "uploaded through LFS (preupload answers lfs for them), not inlined",
+                )
             if not line.strip():
                 continue
             try:
                 item = json.loads(line)
                 key, value = item["key"], item["value"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
                 raise HubError(400, None, f"malformed ndjson commit line: {e}") from None
             if key == "header":
                 header = value
@@ -373,15 +620,25 @@ class HubHandler(BaseHTTPRequestHandler):
                     data = base64.b64decode(value["content"], validate=True)
                 except (binascii.Error, KeyError) as e:
                     raise HubError(400, None, f"bad base64 content for {path!r}: {e}") from None
+                del item, value, line
                 changes.append(FileChange(path, store.put_blob(data), len(data)))
+                del data
+            elif key == "lfsFile":
+                path, sha256 = validate_path(value["path"]), value.get("oid", "")
+                obj = store.lfs_object(sha256)
+                if obj is None:
+                    raise HubError(400, None, f"LFS object {sha256} of {path!r} was never uploaded")
+                if value.get("size") not in (None, obj["size"]):
+                    raise HubError(
+                        400,
+                        None,
+                        f"LFS object {sha256} of {path!r} has {obj['size']} bytes, not {value['size']}",
+                    )
+                changes.append(FileChange(path, obj["oid"], obj["size"], sha256=sha256))
             elif key in ("deletedFile", "deletedFolder"):
                 changes.append(FileChange(value["path"], folder=key == "deletedFolder"))
-            elif key in ("lfsFile", "copyFile"):
-                raise HubError(
-                    400,
-                    None,
-                    f"{key} is not supported: this hub stores every file inline (preupload says regular)",
-                )
+            elif key == "copyFile":
+                raise HubError(400, None, "copyFile is not supported by this hub")
             else:
                 raise HubError(400, None, f"unknown commit operation {key!r}")
         if header is None:
@@ -400,6 +657,105 @@ class HubHandler(BaseHTTPRequestHandler):
         base = f"{self._endpoint()}/{_TYPE_PREFIX[repo_type]}{repo_id}"
         pr_url = f"{base}/discussions/{pr}" if pr is not None else None
         return self._json({"commitUrl": f"{base}/commit/{sha}", "commitOid": sha, "pullRequestUrl": pr_url})
+
+    # ---- git LFS (basic transfer) ------------------------------------------------------------------
+
+    def _lfs_signature(self, repo_type: str, repo_id: str, oid: str, size: int, expires: int) -> str:
+        msg = f"{repo_type}/{repo_id}/{oid}/{size}/{expires}".encode()
+        return hmac.new(self.server.token.encode(), msg, hashlib.sha256).hexdigest()
+
+    def _lfs(self, method: str, repo_type: str, repo_id: str, rest: list[str]):
+        """``{repo}.git/info/lfs/objects/batch|verify|<sha256>``: the git LFS batch API, basic transfer.
+
+        The batch answers each missing object with a PUT URL signed for that object and size (huggingface_hub
+        sends the PUT without credentials, as to a presigned S3 URL), plus a verify URL; objects already
+        stored get no actions, so the client skips them.
+        """
+        validate_repo_id(repo_id)
+        if method == "POST" and rest == ["batch"]:
+            self._require_write()
+            self._readable(repo_type, repo_id)
+            return self._lfs_batch(repo_type, repo_id, self._json_body())
+        if method == "POST" and rest == ["verify"]:
+            self._require_write()
+            body = self._json_body()
+            obj = self.server.store.lfs_object(str(body.get("oid", "")))
+            if obj is None or obj["size"] != body.get("size"):
+                raise HubError(
+                    404, None, f"LFS object {body.get('oid')} of {body.get('size')} bytes is not stored"
+                )
+            return self._json({"oid": body["oid"], "size": obj["size"]})
+        if method == "PUT" and len(rest) == 1:
+            return self._lfs_put(repo_type, repo_id, rest[0])
+        raise HubError(404, None, f"no LFS route for {method} {'/'.join(rest)}")
+
+    def _lfs_batch(self, repo_type: str, repo_id: str, body: dict):
+        if body.get("operation") != "upload":
+            raise HubError(
+                422, None, f"LFS operation {body.get('operation')!r} is not supported: only upload"
+            )
+        if "basic" not in body.get("transfers", ["basic"]):
+            raise HubError(
+                422, None, f"LFS transfers {body.get('transfers')} not supported: this hub speaks basic"
+            )
+        store: RepoStore = self.server.store
+        base = f"{self._endpoint()}/{_TYPE_PREFIX[repo_type]}{repo_id}.git/info/lfs/objects"
+        objects = []
+        for obj in body.get("objects", []):
+            oid, size = obj.get("oid"), obj.get("size")
+            entry = {"oid": str(oid), "size": size if isinstance(size, int) else -1}
+            if (
+                not isinstance(oid, str)
+                or not re.fullmatch(r"[0-9a-f]{64}", oid)
+                or not isinstance(size, int)
+            ):
+                entry["error"] = {"code": 422, "message": f"invalid LFS object {obj!r}"}
+            elif size > self.server.max_upload:
+                entry["error"] = {"code": 413, "message": str(_too_large(size, self.server.max_upload))}
+            elif (stored := store.lfs_object(oid)) is not None and stored["size"] == size:
+                pass  # already here: no actions, the client skips the upload
+            else:
+                expires = int(time.time()) + _LFS_URL_SECONDS
+                sig = self._lfs_signature(repo_type, repo_id, oid, size, expires)
+                entry["authenticated"] = True
+                entry["actions"] = {
+                    "upload": {
+                        "href": f"{base}/{oid}?size={size}&expires={expires}&signature={sig}",
+                        "expires_in": _LFS_URL_SECONDS,
+                    },
+                    "verify": {"href": f"{base}/verify"},
+                }
+            objects.append(entry)
+        return self._json({"transfer": "basic", "objects": objects, "hash_algo": "sha256"})
+
+    def _lfs_put(self, repo_type: str, repo_id: str, oid: str):
+        """Stream one LFS object to disk in chunks, check its sha256, then store it as a blob."""
+        q = {k: v[-1] for k, v in self.query.items()}
+        try:
+            size, expires = int(q.get("size", "")), int(q.get("expires", ""))
+        except ValueError:
+            raise HubError(
+                403, None, "LFS upload URL is not signed: ask the batch endpoint for one"
+            ) from None
+        good = self._lfs_signature(repo_type, repo_id, oid, size, expires)
+        if not (self._authorized() or hmac.compare_digest(good, q.get("signature", ""))):
+            raise HubError(403, None, "LFS upload URL signature does not match")
+        if expires < time.time():
+            raise HubError(403, None, "LFS upload URL has expired: run the upload again")
+        body = self._request_body
+        if not body.chunked and body.remaining != size:
+            raise HubError(
+                400, None, f"LFS object {oid} is {size} bytes but the request has {body.remaining}"
+            )
+        if size > self.server.max_upload:
+            raise _too_large(size, self.server.max_upload)
+        store: RepoStore = self.server.store
+        with BlobWriter(store, size) as writer:
+            while chunk := self._reader.read1(_CHUNK):
+                writer.write(chunk)
+            blob, _ = writer.finish(expected_sha256=oid)
+        store.put_lfs_object(oid, blob, size)
+        return self._json({})
 
     def _discussion(self, repo_type: str, repo_id: str, num: str, pr: dict) -> dict:
         return {
@@ -471,12 +827,8 @@ class HubHandler(BaseHTTPRequestHandler):
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         length = end - start + 1
-        self.send_response(status)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(length))
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.end_headers()
+        headers.update({"Content-Type": "application/octet-stream", "Content-Length": str(length)})
+        self._start_response(status, headers)
         if self.command == "HEAD":
             return
         with open(store.blob_path(meta["oid"]), "rb") as f:
@@ -490,38 +842,89 @@ class HubHandler(BaseHTTPRequestHandler):
 
 
 class HubServer(ThreadingHTTPServer):
+    """The server: one RepoStore on ``root``, the write token and the limits (bytes)."""
+
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, root: str | os.PathLike, host: str, port: int, token: str):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        host: str,
+        port: int,
+        token: str,
+        max_upload_mb: float = 50_000,
+        lfs_threshold_mb: float = 10,
+    ):
+        if max_upload_mb <= 0 or lfs_threshold_mb < 0:
+            raise ValueError(
+                f"--max-upload-mb must be > 0 and --lfs-threshold-mb >= 0, got {max_upload_mb}, {lfs_threshold_mb}"
+            )
         self.store = RepoStore(root)
+        self.orphans = self.store.clean_orphans()
         self.token = token
+        self.max_upload = int(max_upload_mb * _MB)
+        self.lfs_threshold = int(lfs_threshold_mb * _MB)
         super().__init__((host, port), HubHandler)
 
+    def server_close(self) -> None:
+        super().server_close()
+        self.store.close()
 
-def resolve_token(root: Path, token: str | None) -> str:
-    """The write token: the given one, else $HF_TOKEN, else one generated once and kept in ``root/.token``."""
-    if token:
+
+def resolve_token(root: Path, token_file: str | os.PathLike | None = None) -> str:
+    """The write token: ``token_file``, else $PDEFM_HUB_TOKEN, else $HF_TOKEN, else one generated once
+    and kept in ``root/.token`` (mode 600). Never a command-line value: ``ps`` shows argv to every user."""
+    if token_file is not None:
+        path = Path(token_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"--token-file {path}: no such file")
+        token = path.read_text().strip()
+        if not token:
+            raise ValueError(f"--token-file {path}: the file is empty, expected the token on one line")
+        if path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
+            print(f"warning: {path} is readable by other users; chmod 600 it", file=sys.stderr, flush=True)
         return token
-    if os.environ.get("HF_TOKEN"):
-        return os.environ["HF_TOKEN"]
+    for name in (TOKEN_ENV, "HF_TOKEN"):
+        if os.environ.get(name, "").strip():
+            return os.environ[name].strip()
     path = root / ".token"
     if not path.exists():
         root.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(24))
-        path.chmod(0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(24))
     return path.read_text().strip()
 
 
-def serve(root: str | os.PathLike, port: int, token: str | None = None, host: str = "127.0.0.1") -> None:
-    """Serve ``root`` until interrupted."""
+TOKEN_ARGV_REFUSED = (
+    "--token is refused: a token on the command line is visible to every user in `ps`; "
+    f"put it in a file (mode 600) and pass --token-file FILE, or set ${TOKEN_ENV}"
+)
+
+
+def serve(
+    root: str | os.PathLike,
+    port: int,
+    host: str = "127.0.0.1",
+    token_file: str | os.PathLike | None = None,
+    max_upload_mb: float = 50_000,
+    lfs_threshold_mb: float = 10,
+) -> None:
+    """Serve ``root`` until interrupted (see the module docstring for the token and the limits)."""
     root = Path(root)
-    token = resolve_token(root, token)
-    server = HubServer(root, host, port, token)
-    print(f"pdefm hub serving {root} at http://{host}:{server.server_address[1]}", flush=True)
+    token = resolve_token(root, token_file)
+    server = HubServer(root, host, port, token, max_upload_mb, lfs_threshold_mb)
+    endpoint = f"http://{host}:{server.server_address[1]}"
+    if server.orphans:
+        print(f"removed {len(server.orphans)} temporary file(s) left by an interrupted server", flush=True)
+    print(f"pdefm hub serving {root} at {endpoint}", flush=True)
     print(
-        f"clients: export HF_ENDPOINT=http://{host}:{server.server_address[1]} HF_TOKEN=<the server token>",
+        f"uploads: up to {max_upload_mb:g} MB per request; files of {lfs_threshold_mb:g} MB or more through LFS",
         flush=True,
+    )
+    print(
+        f"clients: export HF_ENDPOINT={endpoint} HF_TOKEN=<the server token> HF_HUB_DISABLE_XET=1", flush=True
     )
     try:
         server.serve_forever()
@@ -535,12 +938,27 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m foundation.hub.server", description=__doc__.splitlines()[0])
     p.add_argument("--root", required=True, help="folder holding the repositories (created if missing)")
     p.add_argument("--port", type=int, required=True)
-    p.add_argument(
-        "--token", default=None, help="write token (default: $HF_TOKEN, else generated in ROOT/.token)"
-    )
     p.add_argument("--host", default="127.0.0.1")
+    p.add_argument(
+        "--token-file",
+        default=None,
+        help=f"file holding the write token (default: ${TOKEN_ENV}, $HF_TOKEN, else ROOT/.token)",
+    )
+    p.add_argument("--token", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--max-upload-mb", type=float, default=50_000, help="largest request body, MB (413 above)")
+    p.add_argument(
+        "--lfs-threshold-mb",
+        type=float,
+        default=10,
+        help="files this large or larger are uploaded through LFS",
+    )
     args = p.parse_args(argv)
-    serve(args.root, args.port, args.token, args.host)
+    if args.token is not None:
+        p.error(TOKEN_ARGV_REFUSED)
+    try:
+        serve(args.root, args.port, args.host, args.token_file, args.max_upload_mb, args.lfs_threshold_mb)
+    except (ValueError, FileNotFoundError) as e:
+        p.exit(2, f"{p.prog}: error: {e}\n")
 
 
 if __name__ == "__main__":

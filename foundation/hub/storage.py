@@ -3,13 +3,18 @@
 Layout under ``root``::
 
     blobs/ab/abcdef...            file contents, named by their git-blob sha1 (shared by all repos)
+    lfs/ab/<sha256>.json          LFS uploads: content sha256 -> {oid (git sha1 of the blob), size}
     repos/<type>s/<org>/<name>/
         state.json                private flag, branches -> commit, pull requests -> commit
-        commits/<sha>.json        immutable commit: parent, title, message, date, tree {path: {oid, size}}
+        commits/<sha>.json        immutable commit: parent, title, message, date,
+                                  tree {path: {oid, size[, sha256 for LFS files]}}
+    tmp/<instance>/               uploads in progress of one running server (flock on its .lock)
 
 Every file is written to a temporary name and moved in place with ``os.replace``; every mutation of a
 repo's state holds a thread lock and an ``fcntl`` lock on ``root/.lock``, so concurrent uploads (threads
 or several server processes on one root) serialise and a reader never sees a half-written file.
+Uploads stream into ``tmp/<instance>/`` in chunks (never held whole in memory); what a killed server
+left there is removed by ``clean_orphans`` when the next server starts.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -32,6 +38,7 @@ from data_pipelines.atomic import write_bytes_atomic
 REPO_TYPES = ("model", "dataset", "space")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _SHA = re.compile(r"^[0-9a-f]{40}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _PR_REF = re.compile(r"^refs/pr/([1-9][0-9]*)$")
 
 
@@ -107,6 +114,78 @@ class FileChange:
     oid: str | None = None
     size: int = 0
     folder: bool = False
+    sha256: str | None = None  # set for files uploaded through LFS
+
+
+class BlobWriter:
+    """Streams one file of a declared size into the store: chunks go to a temporary file under this
+    server's ``tmp/`` folder while the git sha1 and the sha256 are computed; ``finish`` moves it into
+    ``blobs/``. Memory stays at one chunk whatever the file size."""
+
+    def __init__(self, store: RepoStore, size: int):
+        self.store, self.size, self.written = store, size, 0
+        self._sha1 = hashlib.sha1(b"blob %d\0" % size)
+        self._sha256 = hashlib.sha256()
+        fd, self._tmp = tempfile.mkstemp(dir=store.tmp_dir, suffix=".part")
+        self._file = os.fdopen(fd, "wb")
+
+    def write(self, data: bytes) -> None:
+        if self.written + len(data) > self.size:
+            raise HubError(400, None, f"upload is longer than its declared size of {self.size} bytes")
+        self._file.write(data)
+        self._sha1.update(data)
+        self._sha256.update(data)
+        self.written += len(data)
+
+    def finish(self, expected_sha256: str | None = None) -> tuple[str, str]:
+        """Publish the blob (idempotent); returns (git sha1, sha256). Refused (400) if the size or the
+        expected sha256 does not match, and then nothing is stored."""
+        if self.written != self.size:
+            raise HubError(400, None, f"upload ended after {self.written} of its declared {self.size} bytes")
+        if expected_sha256 is not None and self._sha256.hexdigest() != expected_sha256:
+            raise HubError(
+                400,
+                None,
+                f"uploaded bytes have sha256 {self._sha256.hexdigest()}, not the announced {expected_sha256}",
+            )
+        oid = self._sha1.hexdigest()
+        path = self.store.blob_path(oid)
+        if path.exists():  # same content already stored: blobs are immutable
+            self.abort()
+        else:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self._tmp, path)
+        return oid, self._sha256.hexdigest()
+
+    def abort(self) -> None:
+        self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._tmp)
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is not None or not self._file.closed:
+            self.abort()
+
+
+def _lock_is_free(lock_path: Path) -> bool:
+    """True when no live process holds ``lock_path`` (the kernel drops a killed server's flock)."""
+    try:
+        f = open(lock_path, "rb")
+    except FileNotFoundError:
+        return True
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return True
 
 
 class RepoStore:
@@ -114,9 +193,46 @@ class RepoStore:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
-        (self.root / "blobs").mkdir(parents=True, exist_ok=True)
-        (self.root / "repos").mkdir(parents=True, exist_ok=True)
+        for sub in ("blobs", "repos", "lfs", "tmp"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        with self._locked():  # a concurrent clean_orphans must not take this folder for a dead server's
+            self.tmp_dir = Path(tempfile.mkdtemp(dir=self.root / "tmp", prefix=f"{os.getpid()}-"))
+            self._tmp_lock = open(self.tmp_dir / ".lock", "wb")
+            fcntl.flock(self._tmp_lock, fcntl.LOCK_EX)
+
+    def close(self) -> None:
+        """Release this server's upload folder (removed; a crashed server's is removed by the next start)."""
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        self._tmp_lock.close()
+
+    def clean_orphans(self) -> list[Path]:
+        """Remove what killed servers left behind; returns the removed paths.
+
+        That is: upload folders under ``tmp/`` whose server no longer holds their lock, ``.*.tmp`` files of
+        interrupted atomic writes and ``.*.deleted-*`` folders of interrupted repo deletions. Runs under the
+        store lock, so it never races a live server's commit on the same root.
+        """
+        removed: list[Path] = []
+        with self._locked():
+            for entry in (self.root / "tmp").iterdir():
+                if entry == self.tmp_dir:
+                    continue
+                if entry.is_dir() and _lock_is_free(entry / ".lock"):
+                    removed += [p for p in entry.rglob("*") if p.is_file() and p.name != ".lock"]
+                    shutil.rmtree(entry, ignore_errors=True)
+                elif entry.is_file():
+                    entry.unlink()
+                    removed.append(entry)
+            for sub in ("blobs", "lfs", "repos"):
+                for path in list((self.root / sub).rglob(".*")):
+                    if path.is_file() and path.name.endswith(".tmp"):
+                        path.unlink()
+                        removed.append(path)
+                    elif path.is_dir() and ".deleted-" in path.name:
+                        shutil.rmtree(path, ignore_errors=True)
+                        removed.append(path)
+        return removed
 
     # ---- locking and paths -------------------------------------------------------------------------
 
@@ -140,16 +256,45 @@ class RepoStore:
 
     def put_blob(self, data: bytes) -> str:
         """Store bytes under their git sha1 (idempotent) and return it."""
-        oid = git_blob_sha1(data)
-        path = self.blob_path(oid)
-        if not path.exists():
-            write_bytes_atomic(path, data)
-        return oid
+        with BlobWriter(self, len(data)) as writer:
+            writer.write(data)
+            return writer.finish()[0]
+
+    def _lfs_path(self, sha256: str) -> Path:
+        if not _SHA256.match(sha256):
+            raise HubError(400, None, f"invalid LFS object id {sha256!r}: expected 64 lowercase hex digits")
+        return self.root / "lfs" / sha256[:2] / f"{sha256}.json"
+
+    def lfs_object(self, sha256: str) -> dict | None:
+        """``{"oid": git sha1, "size": bytes}`` of an uploaded LFS object, or None if it never arrived."""
+        try:
+            return json.loads(self._lfs_path(sha256).read_text())
+        except FileNotFoundError:
+            return None
+
+    def put_lfs_object(self, sha256: str, oid: str, size: int) -> None:
+        """Record that the LFS object ``sha256`` is stored as blob ``oid``."""
+        path = self._lfs_path(sha256)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump({"oid": oid, "size": size}, f)
+        os.replace(tmp, path)
 
     # ---- repo lifecycle ----------------------------------------------------------------------------
 
     def exists(self, repo_type: str, repo_id: str) -> bool:
         return (self._repo_dir(repo_type, repo_id) / "state.json").exists()
+
+    def list_repos(self, repo_type: str) -> list[tuple[str, dict]]:
+        """``(repo_id, state)`` of every repo of one type, sorted by id."""
+        base = self.root / "repos" / f"{validate_repo_type(repo_type)}s"
+        out = []
+        for state_path in sorted(base.glob("*/*/state.json")):
+            repo_id = f"{state_path.parent.parent.name}/{state_path.parent.name}"
+            with contextlib.suppress(FileNotFoundError):  # deleted while listing
+                out.append((repo_id, json.loads(state_path.read_text())))
+        return out
 
     def state(self, repo_type: str, repo_id: str) -> dict:
         path = self._repo_dir(repo_type, repo_id) / "state.json"
@@ -247,6 +392,8 @@ class RepoStore:
             for change in changes:
                 if change.oid is not None:
                     tree[change.path] = {"oid": change.oid, "size": change.size}
+                    if change.sha256:
+                        tree[change.path]["sha256"] = change.sha256
                 elif change.folder:
                     prefix = change.path.rstrip("/") + "/"
                     doomed = [p for p in tree if p.startswith(prefix)]
