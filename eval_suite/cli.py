@@ -142,8 +142,22 @@ def zero_shot(
 
 @eval_app.command("scaling")
 def scaling(
-    axis: str = typer.Option(..., help="model | data | families."),
+    axis: str = typer.Option(..., help="model | data | families | compute (compute: with --runs)."),
     out: Path = typer.Option(..., help="Report folder."),
+    runs: str = typer.Option(
+        None,
+        help="Pretraining runs to fit, comma-separated: `pdefm pretrain` folders or Hub model ids "
+        "(without it, small models are pretrained here).",
+    ),
+    tasks: str = typer.Option(
+        None, help="--runs: downstream tasks (NAME.MODE) giving each run's error (default: all shared)."
+    ),
+    metric: str = typer.Option("rel_l1", help="--runs: the downstream metric."),
+    evaluate: list[str] = typer.Option(
+        [],
+        help="--runs: evaluate runs without downstream records on this task, in the --downstream spec "
+        "syntax ('burgers few-shot:4 input=2'); repeatable.",
+    ),
     values: str = typer.Option(
         None, help="Axis values, comma-separated (widths, trajectories per family, families)."
     ),
@@ -165,7 +179,22 @@ def scaling(
     lr: float = typer.Option(5e-4),
     device: str = typer.Option("cpu"),
 ) -> None:
-    """Pretrain small models along an axis, evaluate, and fit E = a x^-alpha + c."""
+    """Fit downstream error against parameters, data, families or compute: across existing pretraining runs
+    (--runs), or pretraining small models here along the axis."""
+    if runs:
+        from eval_suite.studies.scaling_runs import RunsScalingConfig, run_scaling_runs
+
+        config = RunsScalingConfig(
+            axis=axis,
+            tasks=names(tasks),
+            metric=metric,
+            evaluate=list(evaluate),
+            bootstrap=bootstrap,
+            device=device,
+        )
+        metrics = run_scaling_runs(names(runs), out, config=config, log=typer.echo)
+        typer.echo(f"{metrics['verdict']}\nwrote {out / 'report.md'}")
+        return
     from eval_suite.studies.scaling import ScalingConfig, run_scaling
 
     config = ScalingConfig(

@@ -82,3 +82,66 @@ def plot_curves(
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     return _save(fig, path)
+
+
+def plot_scaling(
+    points: Mapping[float, tuple[float, float]],
+    path: Path,
+    *,
+    xlabel: str,
+    title: str,
+    fit=None,
+    flagged: Sequence[float] = (),
+    ylabel: str = "downstream error",
+) -> Path:
+    """One axis of a scaling study on log-log axes: mean ± std per x, the fitted law dashed, and points
+    whose runs differ in more than this axis circled in red."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    xs = np.array(sorted(points), dtype=float)
+    mean = np.array([points[x][0] for x in sorted(points)])
+    std = np.array([points[x][1] for x in sorted(points)])
+    ax.errorbar(xs, mean, yerr=std, marker="o", capsize=3, label="runs (mean ± std)")
+    if fit is not None and len(xs) > 1:
+        grid = np.geomspace(xs.min(), xs.max(), 100)
+        ax.plot(grid, fit.predict(grid), "--", alpha=0.7, label=f"fit: alpha = {fit.alpha:.3g}")
+    marked = [x for x in xs if x in set(flagged)]
+    if marked:
+        ax.scatter(marked, [points[x][0] for x in marked], s=160, facecolors="none", edgecolors="red",
+                   label="differs in more than this axis")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_lines(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    path: Path,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    logx: bool = False,
+    frontier: tuple[Sequence[float], Sequence[float]] | None = None,
+) -> Path:
+    """One line per run (e.g. downstream error against step or FLOPs), log y; an optional frontier drawn
+    as a black step line through its points."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, (xs, ys) in series.items():
+        ax.plot(xs, ys, marker=".", label=name)
+    if frontier is not None and len(frontier[0]):
+        ax.step(frontier[0], frontier[1], "k-", where="post", lw=1.5, alpha=0.8, label="frontier")
+        ax.scatter(frontier[0], frontier[1], color="k", zorder=3, s=18)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    return _save(fig, path)

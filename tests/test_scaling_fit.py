@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eval_suite.scaling import fit_power_law
+from eval_suite.scaling import compute_frontier, fit_joint_law, fit_power_law
 
 X = np.logspace(1, 4, 12)
 
@@ -55,3 +55,21 @@ def test_bad_input_is_a_clear_error():
         fit_power_law([1, 2, 4], [1, 0.5])
     three = fit_power_law([1, 2, 4], [1.0, 0.6, 0.4])
     assert np.isnan(three.ci["alpha"][0]) and "no degrees of freedom" in three.notes[-1]
+
+
+def test_joint_law_recovers_both_exponents():
+    rng = np.random.default_rng(4)
+    n, d = (v.ravel() for v in np.meshgrid(np.logspace(4, 7, 4), np.logspace(2, 5, 4)))
+    true = 30.0 * n**-0.35 + 5.0 * d**-0.3 + 0.01
+    fit = fit_joint_law(n, d, true * np.exp(0.02 * rng.standard_normal(n.shape)))
+    assert fit.alpha == pytest.approx(0.35, abs=0.06) and fit.beta == pytest.approx(0.3, abs=0.06)
+    assert fit.ci["alpha"][0] < 0.35 < fit.ci["alpha"][1] and fit.r2 > 0.98
+    np.testing.assert_allclose(fit.predict(n, d), true, rtol=0.06)
+    with pytest.raises(ValueError, match="vary both N"):
+        fit_joint_law(np.full(6, 1e5), np.logspace(2, 4, 6), np.linspace(1, 0.5, 6))
+
+
+def test_compute_frontier_keeps_points_no_cheaper_point_beats():
+    flops = [1, 2, 3, 4, 5]
+    errors = [0.5, 0.6, 0.4, 0.45, 0.3]
+    assert compute_frontier(flops, errors).tolist() == [0, 2, 4]

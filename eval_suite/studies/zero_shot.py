@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from data_pipelines.normalization import Normalizer
-from data_pipelines.solvers.registry import get_family
 from data_pipelines.trajectory import Trajectory
 from eval_suite import plots
 from eval_suite.metrics import METRICS, radial_error_spectrum
@@ -21,6 +20,7 @@ from eval_suite.protocol import forecast, persistence, score
 from eval_suite.report import environment, figure, fmt, table, write_report
 from eval_suite.studies.candidates import pretrained_operator
 from finetune.data import load_trajectories
+from foundation.pretrain.downstream import family_trajectories, parse_ranges
 
 HEADLINE = "rel_l1"
 
@@ -62,24 +62,16 @@ class ZeroShotConfig:
 def generate_family_set(spec: str, config: ZeroShotConfig) -> list[Trajectory]:
     """Trajectories of a family spec ``name`` or ``name:coef=lo:hi,coef=lo:hi`` (ranges replace the family's)."""
     name, _, ranges = spec.partition(":")
-    family = get_family(name.strip())
-    if ranges:
-        overrides = {}
-        for item in ranges.split(","):
-            key, _, bounds = item.partition("=")
-            lo, _, hi = bounds.partition(":")
-            if key not in family.coefficient_ranges or not lo or not hi:
-                raise ValueError(
-                    f"family spec {spec!r}: expected name:coef=lo:hi with coef in "
-                    f"{sorted(family.coefficient_ranges)}, got {item!r}"
-                )
-            overrides[key] = (float(lo), float(hi))
-        # an instance-level copy: the registered class keeps its documented ranges
-        family.coefficient_ranges = {**family.coefficient_ranges, **overrides}
-    batch = family.generate(
-        config.trajectories, config.resolution, config.snapshots, config.seed, config.device
+    name = name.strip()
+    return family_trajectories(
+        name,
+        parse_ranges(name, ranges, spec),
+        config.trajectories,
+        config.resolution,
+        config.snapshots,
+        config.seed,
+        config.device,
     )
-    return batch.to_trajectories(family)
 
 
 def run_zero_shot(
