@@ -71,16 +71,35 @@ def convert(
     fields: str = typer.Option(None, "--fields", help="Comma-separated field names in channel order."),
     pde: str = typer.Option(None, "--pde", help="Family id for the converted data (default: file name)."),
     variable: str = typer.Option(None, "--variable", help="Poseidon: the data variable name."),
+    format: str = typer.Option(
+        None, "--format", help="numpy | poseidon | pdebench | well (default: detected from the file)."
+    ),
+    split_complex: bool = typer.Option(
+        False, "--split-complex", help="Store each complex channel as two real ones (real, imaginary)."
+    ),
     shard_size: int = typer.Option(32, "--shard-size"),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Skip and count NaN/Inf trajectories."),
 ) -> None:
     """Convert user files into a pdefm corpus."""
-    from data_pipelines.corpus import write_corpus
-    from data_pipelines.formats import read_any
+    from data_pipelines.corpus import DATA_DIR, write_corpus
+    from data_pipelines.formats import check_format, read_any
+    from data_pipelines.paths import inside, safe_name
 
+    check_format(format)
+    if pde is not None:
+        safe_name(pde, "--pde")
     trajs = []
     for src in sources:
-        trajs += read_any(src, fields=comma_lists.names(fields), pde=pde, variable=variable)
+        trajs += read_any(
+            src,
+            format=format,
+            fields=comma_lists.names(fields),
+            pde=pde,
+            variable=variable,
+            split_complex=split_complex,
+        )
+    for name in sorted({t.pde for t in trajs}):  # each family id becomes the folder DATA_DIR/<pde>
+        inside(out, DATA_DIR, safe_name(name, "family id (pde)"))
     stats = write_corpus(
         out, trajs, shard_size, on_invalid="skip" if skip_invalid else "error", source=",".join(sources)
     )

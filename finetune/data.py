@@ -27,35 +27,60 @@ class Split:
     indices: dict[str, list[int]]
 
 
-def load_trajectories(data: str | Path | Sequence[Trajectory]) -> list[Trajectory]:
-    """Trajectories from a list, a file (any reader of `data_pipelines.formats`), a folder of such files, a
-    pdefm corpus folder or a corpus Hub id.
+def _read_file(path: Path, fields: Sequence[str] | None, format: str | None) -> list[Trajectory]:
+    """A user file's trajectories; `fields` names its channels when the file stores no names."""
+    from data_pipelines.formats import UnnamedChannelsError, read_any
 
-    Every trajectory is validated (shapes, field names, NaN/Inf) with an error naming its source.
+    try:
+        return read_any(path, format=format)
+    except UnnamedChannelsError as exc:
+        if not fields:
+            raise
+        if len(fields) != exc.channels:
+            raise ValueError(
+                f"{path}: the file does not name its {exc.channels} channel(s), so fields names them; "
+                f"give {exc.channels} names, got {list(fields)}"
+            ) from None
+        return read_any(path, format=format, fields=list(fields))
+
+
+def load_trajectories(
+    data: str | Path | Sequence[Trajectory],
+    *,
+    fields: Sequence[str] | None = None,
+    format: str | None = None,
+    min_snapshots: int = 2,
+) -> list[Trajectory]:
+    """Trajectories from a list, a file (any reader of `data_pipelines.formats`), a folder of such files, a
+    pdefm corpus folder or a corpus Hub id (`org/name`; any other missing path is a FileNotFoundError).
+
+    `fields` selects the channels to use, in order, and names the channels of files that store no names
+    (a `.npy`, a 1-channel Poseidon-layout file); `format` overrides format detection for files. Every
+    trajectory is validated (shapes, field names, NaN/Inf, at least `min_snapshots` snapshots: with one,
+    input and target would be the same snapshot) with an error naming its source.
     """
     if isinstance(data, (str, Path)):
         from data_pipelines.corpus import DATA_DIR
         from data_pipelines.corpus import load_trajectories as load_corpus
-        from data_pipelines.formats import read_any
+        from data_pipelines.formats import check_format
+        from data_pipelines.paths import local_or_hub
 
-        source, path = str(data), Path(data)
-        if path.is_file():
-            trajs = read_any(path)
-        elif path.is_dir() and not (path / DATA_DIR).is_dir():
+        check_format(format)
+        source = str(data)
+        path = local_or_hub(data, "data")
+        if isinstance(path, str):
+            trajs = load_corpus(path)
+        elif path.is_file():
+            trajs = _read_file(path, fields, format)
+        elif not (path / DATA_DIR).is_dir():
             trajs = [
                 t
                 for f in sorted(path.iterdir())
                 if f.is_file() and not f.name.startswith(".")
-                for t in read_any(f)
+                for t in _read_file(f, fields, format)
             ]
-        elif path.is_dir() or (
-            not path.is_absolute() and source.count("/") == 1 and not source.startswith(".")
-        ):
-            trajs = load_corpus(source)
         else:
-            raise FileNotFoundError(
-                f"data {source!r}: no such file or folder, and not a Hub dataset id org/name"
-            )
+            trajs = load_corpus(path)
     else:
         source, trajs = "data", list(data)
     if not trajs:
@@ -64,7 +89,12 @@ def load_trajectories(data: str | Path | Sequence[Trajectory]) -> list[Trajector
         if not isinstance(traj, Trajectory):
             raise TypeError(f"{source}[{k}]: expected a Trajectory, got {type(traj).__name__}")
         traj.validate(f"{source}[{k}]")
-    return trajs
+        if traj.u.shape[0] < min_snapshots:
+            raise ValueError(
+                f"{source}[{k}] (pde {traj.pde!r}): {traj.u.shape[0]} snapshot(s), need at least "
+                f"{min_snapshots}: with T = 1 every pair maps a snapshot to itself (nothing to learn)"
+            )
+    return select_fields(trajs, fields)
 
 
 def select_fields(trajs: Sequence[Trajectory], fields: Sequence[str] | None) -> list[Trajectory]:

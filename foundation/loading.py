@@ -1,7 +1,7 @@
 """`load_model`: one loader for Poseidon and pdefm checkpoints (Hub id or folder), with channel surgery.
 
-Poseidon checkpoints (config `model_type: "swinv2"`, `architectures` "ScOT"/"SwinForPDE") cannot go through
-AutoModel, so both kinds are read here: config.json to an `ScOTConfig`, safetensors weights into `ScOT`. Asking
+Poseidon checkpoints (config `model_type: "swinv2"`, `architectures` "ScOT"/"SwinForPDE") must never go through
+`AutoModel`: it builds a transformers `Swinv2Model` with fresh weights and only logs it. Both kinds are read here: config.json to an `ScOTConfig`, safetensors weights into `ScOT`. Asking
 for other input/output channel counts re-initialises only the tensors whose shape depends on them (patch
 embedding and recovery), as Poseidon's `--replace_embedding_recovery` does; everything else is kept bit-exact.
 """
@@ -33,14 +33,28 @@ _NON_CONFIG_KEYS = ("model_type", "architectures", "transformers_version", "auto
 
 
 def resolve_checkpoint(source: str | Path, revision: str | None = None) -> Path:
-    """A local folder as is, otherwise a Hub repo id fetched (config and weights only) through the HF cache."""
-    path = Path(source)
-    if path.is_dir():
-        return path
-    if path.is_absolute() or str(source).startswith((".", "~")) or str(source).count("/") > 1:
-        raise FileNotFoundError(f"load_model: checkpoint folder {source} does not exist")
+    """A local folder as is, otherwise a Hub repo id (`org/name`) fetched (config and weights only) through
+    the HF cache; a missing local path, or a Hub repo that cannot be fetched, is a FileNotFoundError."""
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    from data_pipelines.paths import local_or_hub
+
+    found = local_or_hub(source, "checkpoint")
+    if isinstance(found, Path):
+        if not found.is_dir():
+            raise FileNotFoundError(
+                f"checkpoint {str(source)!r}: not a folder (config.json + model.safetensors)"
+            )
+        return found
     patterns = ["config.json", "*.safetensors", "model.safetensors.index.json", "pytorch_model.bin"]
-    return Path(snapshot_download(repo_id=str(source), revision=revision, allow_patterns=patterns))
+    try:
+        return Path(snapshot_download(repo_id=found, revision=revision, allow_patterns=patterns))
+    except (HfHubHTTPError, LocalEntryNotFoundError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FileNotFoundError(
+            f"checkpoint {found!r}: no local folder of that name, and the Hub could not provide it "
+            f"({type(exc).__name__}: {reason})"
+        ) from exc
 
 
 def config_from_checkpoint(folder: Path) -> tuple[ScOTConfig, str]:
@@ -86,6 +100,9 @@ def load_model(
     **config_overrides,
 ) -> ScOT:
     """Load a Poseidon or pdefm checkpoint from a Hub id or folder, in eval mode.
+
+    Poseidon checkpoints load with this function or `ScOT.from_pretrained`, never with `AutoModel` (their
+    `model_type` is "swinv2", so `AutoModel` silently builds a freshly initialised `Swinv2Model`).
 
     num_channels / num_out_channels different from the checkpoint's re-initialise the channel-dependent tensors;
     `config_overrides` set other config fields (e.g. `use_operator_conditioning=True`, whose new tensors are

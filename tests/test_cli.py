@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -36,3 +37,49 @@ def test_group_help_runs_as_console_script(group):
     )
     assert out.returncode == 0, out.stderr
     assert "Usage" in out.stdout
+
+
+def _invoke(*args, **kw):
+    return CliRunner().invoke(main, [str(a) for a in args], **kw)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["data", "convert", "{tmp}/missing.npy", "--out", "{tmp}/c"], "missing.npy: no such file"),
+        (["pretrain", "--corpus", "{tmp}/missing-corpus", "--out", "{tmp}/p"], "missing-corpus"),
+        (["push", "{tmp}/missing-ckpt", "org/name"], "missing-ckpt"),
+        (["hub", "serve"], "Missing option '--root'"),
+        (["finetune", "--model", "m", "--data", "{tmp}/d.npz", "--shots", "1"], "d.npz' does not exist"),
+        (["eval", "few-shot", "--data", "{tmp}/d.npz", "--out", "{tmp}/e", "--candidates", "fno"], "d.npz"),
+        (["quickstart", "--shots", "2,x", "--out", "{tmp}/q"], "expected comma-separated integers"),
+    ],
+    ids=["data", "pretrain", "push", "hub", "finetune", "eval", "quickstart"],
+)
+def test_every_group_reports_a_user_mistake_as_one_line(tmp_path, args, needle):
+    result = _invoke(*(a.format(tmp=tmp_path) for a in args))
+    assert result.exit_code == 2, result.output
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("error: ") and needle in result.stderr, result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    args = ["data", "convert", str(tmp_path / "missing.npy"), "--out", str(tmp_path / "c")]
+    cmd = [sys.executable, "-m", "eval_suite.command_line"]
+    plain = subprocess.run([*cmd, *args], capture_output=True, text=True)
+    assert plain.returncode == 2 and plain.stderr.count("\n") == 1 and "Traceback" not in plain.stderr
+    for extra, env in ((["--debug"], {}), ([], {"PDEFM_DEBUG": "1"})):
+        out = subprocess.run([*cmd, *extra, *args], capture_output=True, text=True, env={**os.environ, **env})
+        assert out.returncode != 0 and "Traceback" in out.stderr and "missing.npy" in out.stderr
+
+
+def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
+    import data_pipelines.formats
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(data_pipelines.formats, "read_any", broken)
+    result = _invoke("data", "convert", tmp_path / "x.npy", "--out", tmp_path / "c")
+    assert result.exit_code == 1 and isinstance(result.exception, RuntimeError)

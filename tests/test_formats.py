@@ -128,7 +128,7 @@ def test_numpy_files_and_bad_input(tmp_path):
     assert trajs[0].pde == "heat" and trajs[0].fields == ["s"] and trajs[1].t[1] == 0.5
     np.save(tmp_path / "one.npy", u[0])
     assert len(read_any(tmp_path / "one.npy", fields=["s"])) == 1
-    with pytest.raises(FormatError, match=r"no field names for its 1 channels"):
+    with pytest.raises(FormatError, match=r"no field names for its 1 channel\(s\)"):
         read_any(tmp_path / "one.npy")
     np.save(tmp_path / "r3.npy", u[0, 0])
     with pytest.raises(

@@ -15,10 +15,32 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from data_pipelines.formats.common import FormatError, build, domain_from_centres, open_hdf5, read_array
+from data_pipelines.formats.common import (
+    FormatError,
+    UnnamedChannelsError,
+    build,
+    domain_from_centres,
+    open_hdf5,
+    read_array,
+)
 
 SCALAR_FIELDS = {"density": "rho", "Vx": "u", "Vy": "v", "pressure": "p"}
 VECTOR_FIELDS = {"velocity": ("u", "v"), "particles": ("tracer",)}
+
+
+def is_per_field_layout(f: h5py.File) -> bool:
+    """PDEBench's per-field layout: a rank-4 scalar field, or a vector field with its components last.
+
+    A Poseidon file whose one variable is `velocity [N, T, C, H, W]` (channels second) is not one.
+    """
+    for key in SCALAR_FIELDS:
+        if isinstance(f.get(key), h5py.Dataset) and f[key].ndim == 4:
+            return True
+    for key, comps in VECTOR_FIELDS.items():
+        ds = f.get(key)
+        if isinstance(ds, h5py.Dataset) and ds.ndim == 5 and ds.shape[-1] == len(comps):
+            return True
+    return False
 
 
 def _times(path, f: h5py.File, key: str, n_t: int) -> np.ndarray:
@@ -88,7 +110,7 @@ def read_pdebench(path: str | Path, fields: Sequence[str] | None = None, pde: st
     path = Path(path)
     pde = pde or path.stem
     with open_hdf5(path) as f:
-        if any(k in f for k in (*SCALAR_FIELDS, *VECTOR_FIELDS)):
+        if is_per_field_layout(f):
             return _per_field(path, f, pde, fields)
         groups = [k for k in f.keys() if isinstance(f[k], h5py.Group)]
         if not groups:
@@ -100,7 +122,9 @@ def read_pdebench(path: str | Path, fields: Sequence[str] | None = None, pde: st
         n_c = first.shape[-1] if first is not None and first.ndim == 4 else 0
         fields = fields or _default_seed_fields(path, n_c)
         if not fields:
-            raise FormatError(
-                f"{path}: cannot name the {n_c} channel(s) of '{groups[0]}/data'; pass fields=..."
+            raise UnnamedChannelsError(
+                f"{path}: cannot name the {n_c} channel(s) of '{groups[0]}/data'; "
+                f"name them with fields=... (--fields)",
+                n_c,
             )
         return _seed_groups(path, f, fields, pde)

@@ -8,7 +8,14 @@ from pathlib import Path
 import h5py
 
 from data_pipelines.fields import POSEIDON_CHANNELS
-from data_pipelines.formats.common import FormatError, build, open_hdf5, read_array
+from data_pipelines.formats.common import (
+    FormatError,
+    UnnamedChannelsError,
+    build,
+    open_hdf5,
+    read_array,
+    split_complex_channels,
+)
 
 KNOWN_VARIABLES = ("solution", "data", "velocity", "u")
 # Default channel names by channel count, as the PDEgym sets lay them out (CE sets carry energy last).
@@ -33,22 +40,32 @@ def read_poseidon(
     variable: str | None = None,
     fields: Sequence[str] | None = None,
     pde: str | None = None,
+    split_complex: bool = False,
 ) -> list:
-    """Trajectories of a PDEgym file on the unit square over a unit horizon."""
+    """Trajectories of a PDEgym file on the unit square over a unit horizon.
+
+    `fields` names the C channels (needed when C has no PDEgym default); with `split_complex` a complex
+    array becomes 2C real channels (each channel's real then imaginary part).
+    """
     with open_hdf5(path) as f:
         variable = variable or _detect(path, f)
         if variable not in f:
             raise FormatError(f"{path}: variable {variable!r} not found; the file has {list(f.keys())}")
         ds = f[variable]
-        if ds.ndim != 5:
+        if not isinstance(ds, h5py.Dataset) or ds.ndim != 5:
+            shape = getattr(ds, "shape", "a group")
             raise FormatError(
-                f"{path}: field {variable!r} must have rank 5 [N, T, C, H, W], got shape {ds.shape}"
+                f"{path}: field {variable!r} must have rank 5 [N, T, C, H, W], got shape {shape}"
             )
-        if fields is None:
-            if ds.shape[2] not in DEFAULT_FIELDS:
-                raise FormatError(
-                    f"{path}: {ds.shape[2]} channels in {variable!r}; pass fields=... to name them"
-                )
-            fields = DEFAULT_FIELDS[ds.shape[2]]
-        u = read_array(path, ds, variable, 5, "[N, T, C, H, W]")
+        u = read_array(path, ds, variable, 5, "[N, T, C, H, W]", split_complex)
+    if u.dtype.kind == "c":
+        u, fields = split_complex_channels(u, fields, path)
+    elif fields is None:
+        if u.shape[2] not in DEFAULT_FIELDS:
+            raise UnnamedChannelsError(
+                f"{path}: no field names for the {u.shape[2]} channel(s) of {variable!r}; "
+                f"name them with fields=... (--fields)",
+                u.shape[2],
+            )
+        fields = DEFAULT_FIELDS[u.shape[2]]
     return build(u, None, fields, pde or Path(path).stem, path)
