@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
@@ -32,6 +34,8 @@ def make_accelerator(args: TrainingArgs, project_dir: str | None = None) -> Acce
         # a study that trains fp32 baselines after a bf16 run in the same process: precision is per run
         AcceleratorState._reset_state(reset_partial_state=False)
     trackers = [t.strip() for t in args.log_with.split(",") if t.strip() and t.strip() != "none"]
+    if trackers == ["auto"]:  # TensorBoard when its extra is installed (pip install pdefm[track])
+        trackers = ["tensorboard"] if importlib.util.find_spec("tensorboard") else []
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

@@ -45,7 +45,8 @@ class TrainingArgs:
     compile: str = "none"
     """none | blocks (regional torch.compile of each block) | model (whole-model torch.compile)."""
     log_with: str = "none"
-    """Accelerate tracker(s), comma separated ("tensorboard", "wandb", "trackio"), or "none"."""
+    """Accelerate tracker(s), comma separated ("tensorboard", "wandb", "trackio"), "auto" (TensorBoard when
+    installed) or "none"."""
     progress: bool = False
 
     def __post_init__(self):
