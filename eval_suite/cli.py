@@ -142,12 +142,12 @@ def zero_shot(
 
 @eval_app.command("scaling")
 def scaling(
-    axis: str = typer.Option(..., help="model | data | families | compute (compute: with --runs)."),
-    out: Path = typer.Option(..., help="Report folder."),
+    axis: str = typer.Option(..., help="model | data | families | compute."),
+    out: Path = typer.Option(..., help="Report folder (with --runs absent: also the runs and corpora)."),
     runs: str = typer.Option(
         None,
         help="Pretraining runs to fit, comma-separated: `pdefm pretrain` folders or Hub model ids "
-        "(without it, small models are pretrained here).",
+        "(without it, small runs are pretrained here along the axis).",
     ),
     tasks: str = typer.Option(
         None, help="--runs: downstream tasks (NAME.MODE) giving each run's error (default: all shared)."
@@ -159,28 +159,29 @@ def scaling(
         "syntax ('burgers few-shot:4 input=2'); repeatable.",
     ),
     values: str = typer.Option(
-        None, help="Axis values, comma-separated (widths, trajectories per family, families)."
+        None, help="Axis values, comma-separated (widths, trajectories per family, number of families)."
     ),
     families: str = typer.Option("ns_sines,ns_shear_layer,ns_gauss", help="Pretraining families, in order."),
-    target_family: str = typer.Option("ns_kolmogorov", help="families axis: the held-out target family."),
-    target_shots: int = typer.Option(4, help="families axis: fine-tuning trajectories of the target."),
-    trajectories: int = typer.Option(
-        8, help="Pretraining trajectories per family (model and families axes)."
-    ),
+    target_family: str = typer.Option("burgers", help="families axis: the held-out target family."),
+    target_shots: int = typer.Option(4, help="families axis: few-shot trajectories of the target."),
+    trajectories: int = typer.Option(8, help="Pretraining trajectories per family (all axes but data)."),
     embed_dim: int = typer.Option(16, help="Model width (data and families axes)."),
     resolution: int = typer.Option(32),
     snapshots: int = typer.Option(5),
-    test: int = typer.Option(4, help="Test trajectories per family."),
-    seeds: str = typer.Option("0", help="Seeds, comma-separated."),
+    test: int = typer.Option(4, help="Held-out trajectories per downstream task."),
+    seeds: str = typer.Option("0", help="Seeds, comma-separated (one run per value and seed)."),
     bootstrap: int = typer.Option(0, help="Bootstrap resamples for the fit's intervals (0: covariance)."),
-    epochs: int = typer.Option(20),
-    max_steps: int = typer.Option(None),
+    steps: int = typer.Option(200, help="Pretraining steps of every run."),
+    finetune_steps: int = typer.Option(50, help="families axis: few-shot steps at each evaluation."),
+    evaluations: int = typer.Option(4, help="Downstream evaluations during each run."),
     batch_size: int = typer.Option(8),
-    lr: float = typer.Option(5e-4),
-    device: str = typer.Option("cpu"),
+    lr: float = typer.Option(1e-3, help="Pretraining learning rate."),
+    input_index: int = typer.Option(0, help=HORIZON_HELP["input"]),
+    target_index: int = typer.Option(None, help=HORIZON_HELP["target"]),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
 ) -> None:
     """Fit downstream error against parameters, data, families or compute: across existing pretraining runs
-    (--runs), or pretraining small models here along the axis."""
+    (--runs), or pretraining small runs here along the axis (the same records and fit)."""
     if runs:
         from eval_suite.studies.scaling_runs import RunsScalingConfig, run_scaling_runs
 
@@ -190,30 +191,36 @@ def scaling(
             metric=metric,
             evaluate=list(evaluate),
             bootstrap=bootstrap,
-            device=device,
+            device="cpu" if device == "auto" else device,
         )
         metrics = run_scaling_runs(names(runs), out, config=config, log=typer.echo)
-        typer.echo(f"{metrics['verdict']}\nwrote {out / 'report.md'}")
-        return
-    from eval_suite.studies.scaling import ScalingConfig, run_scaling
+    else:
+        from eval_suite.studies.scaling import ScalingConfig, run_scaling
 
-    config = ScalingConfig(
-        axis=axis,
-        values=integers(values, "--values") if values else None,
-        families=names(families),
-        target_family=target_family,
-        target_shots=target_shots,
-        trajectories=trajectories,
-        embed_dim=embed_dim,
-        resolution=resolution,
-        snapshots=snapshots,
-        n_test=test,
-        seeds=integers(seeds, "--seeds"),
-        bootstrap=bootstrap,
-        budget=_budget(epochs, max_steps, batch_size, lr, device),
-    )
-    metrics = run_scaling(out, config=config, log=typer.echo)
-    typer.echo(f"wrote {out / 'report.md'}; fit: {metrics['fit']}")
+        config = ScalingConfig(
+            axis=axis,
+            values=integers(values, "--values") if values else None,
+            families=names(families),
+            target_family=target_family,
+            target_shots=target_shots,
+            trajectories=trajectories,
+            embed_dim=embed_dim,
+            resolution=resolution,
+            snapshots=snapshots,
+            n_test=test,
+            seeds=integers(seeds, "--seeds"),
+            bootstrap=bootstrap,
+            steps=steps,
+            batch_size=batch_size,
+            learning_rate=lr,
+            finetune_steps=finetune_steps,
+            evaluations=evaluations,
+            input_index=input_index,
+            target_index=target_index,
+            device=device,
+        )
+        metrics = run_scaling(out, config=config, log=typer.echo)
+    typer.echo(f"{metrics['verdict']}\nwrote {out / 'report.md'}")
 
 
 @quickstart_app.command()

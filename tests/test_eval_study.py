@@ -190,16 +190,21 @@ def test_a_report_says_first_when_no_candidate_beats_persistence(tmp_path):
     assert first.startswith("Every candidate is no better than persistence")
 
 
-def test_scaling_study_fits_a_power_law_along_the_data_axis(tmp_path):
+def test_in_process_scaling_study_pretrains_real_runs_and_fits_them(tmp_path):
     cfg = ScalingConfig(
         axis="data", values=[1, 2, 4], families=["ns_sines"], embed_dim=8, resolution=32, snapshots=3, n_test=2,
-        budget=Budget(epochs=1, max_steps=2, batch_size=4),
+        steps=4, evaluations=2, batch_size=4,
     )  # fmt: skip
     metrics = run_scaling(tmp_path / "scaling", config=cfg)
-    assert [metrics["points"][v]["x"] for v in (1, 2, 4)] == [1, 2, 4]
+    assert [metrics["runs"][f"data-{v}-seed0"]["trajectories"] for v in (1, 2, 4)] == [1, 2, 4]
+    assert metrics["tasks"] == ["ns_sines.zero-shot"] and metrics["flags"] == {}
     fit = metrics["fit"]
-    assert fit["n_points"] == 3 and fit["c"] == 0.0 and math.isfinite(fit["alpha"])
-    assert "Power-law fit" in (tmp_path / "scaling" / "report.md").read_text()
+    assert fit["n_points"] == 3 and fit["c"] == 0.0 and np.isfinite(fit["alpha"])
+    for v in (1, 2, 4):  # real pretraining runs with their downstream records
+        rows = (tmp_path / "scaling" / "runs" / f"data-{v}-seed0" / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(r)["step"] for r in rows if "downstream/ns_sines.zero-shot/rel_l1" in r] == [2, 4]
+    report = (tmp_path / "scaling" / "report.md").read_text()
+    assert "Power-law fit" in report and "pretrained here" in report
     assert (tmp_path / "scaling" / "scaling_data.png").exists()
 
 

@@ -1,10 +1,13 @@
-"""Scaling-law study: pretrain small scOT models along one axis, evaluate them, fit E = a x^-alpha + c.
+"""The laptop scaling study: small `pdefm pretrain` runs along one axis, then the same fit as `--runs`.
 
-Axes: ``model`` (embedding width; x = parameter count), ``data`` (pretraining trajectories per family;
-x = total trajectories) and ``families`` (number of pretraining families, LeMON's axis; x = families,
-scored after few-shot fine-tuning on a held-out target family). Pretraining here is a short in-process
-run of the finetune training loop on freshly generated all2all pairs, which is what a laptop-sized
-study affords; every point of an axis gets the same step budget.
+Axes: ``model`` (embedding width; x = parameters), ``data`` (trajectories per pretraining family; x = total
+trajectories), ``families`` (the first k pretraining families, LeMON's axis; x = k) and ``compute`` (widths
+as for ``model``; x = training FLOPs). Every run is a real pretraining run (`foundation.pretrain.loop`) on
+a generated corpus, with the same steps, batch and learning rate; it records its downstream error while it
+trains (`--downstream`): zero-shot on held-out trajectories of its pretraining families for the model, data
+and compute axes, few-shot on the held-out target family for the families axis. The runs then go through
+`scaling_runs.run_scaling_runs`, so the in-process and the cluster study measure and fit the same thing.
+Runs and corpora are kept under the output folder; a rerun resumes or reuses them.
 """
 
 from __future__ import annotations
@@ -13,55 +16,61 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from data_pipelines.normalization import Normalizer
+from data_pipelines.corpus import generate_corpus
 from data_pipelines.solvers.registry import get_family
-from data_pipelines.trajectory import Trajectory
-from eval_suite import plots
-from eval_suite.protocol import TrainedOperator, forecast, loss_slices, score
-from eval_suite.report import environment, figure, fmt, table, write_report
-from eval_suite.scaling import fit_power_law
-from eval_suite.studies.candidates import Budget, fit_candidate
-from finetune.data import pair_dataset
-from finetune.trainer import train
-from foundation.configuration_scot import ScOTConfig
-from foundation.modeling_scot import ScOT
+from eval_suite.studies.scaling_runs import AXES, RunsScalingConfig, run_scaling_runs
+from foundation.pretrain.config import PretrainConfig
+from foundation.pretrain.loop import pretrain
 
-AXES = {
-    "model": ("embedding width", "parameters", [8, 16, 24, 32]),
-    "data": ("trajectories per family", "pretraining trajectories", [2, 4, 8, 16]),
-    "families": ("pretraining families", "pretraining families", [1, 2, 3]),
+DEFAULT_VALUES = {
+    "model": [8, 16, 24, 32],
+    "data": [2, 4, 8, 16],
+    "families": [1, 2, 3],
+    "compute": [8, 16, 24, 32],
 }
-HEADLINE = "rel_l1"
+VALUE_LABEL = {
+    "model": "embedding width",
+    "data": "trajectories per family",
+    "families": "pretraining families",
+    "compute": "embedding width",
+}
+TEST_SEED = 10**6
+"""Held-out trajectories are generated from seeds far from the corpora's."""
 
 
 @dataclass
 class ScalingConfig:
-    """The axis and its values, the families, sizes, seeds and the shared training budget."""
+    """The axis and its values, the families, sizes, seeds and the shared pretraining budget."""
 
     axis: str = "data"
     values: list[int] | None = None
     families: list[str] = field(default_factory=lambda: ["ns_sines", "ns_shear_layer", "ns_gauss"])
-    target_family: str = "ns_kolmogorov"
+    target_family: str = "burgers"
     target_shots: int = 4
     trajectories: int = 8
+    """Pretraining trajectories per family (model, compute and families axes)."""
     embed_dim: int = 16
+    """Model width (data and families axes)."""
     resolution: int = 32
     snapshots: int = 5
     n_test: int = 4
+    """Held-out trajectories per downstream task."""
     seeds: list[int] = field(default_factory=lambda: [0])
     bootstrap: int = 0
-    budget: Budget = field(default_factory=Budget)
+    steps: int = 200
+    """Pretraining optimizer steps of every run."""
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    finetune_steps: int = 50
+    """Few-shot steps of the families axis' target task at each evaluation."""
+    evaluations: int = 4
+    """Downstream evaluations per run (every steps/evaluations steps)."""
+    input_index: int = 0
+    target_index: int | None = None
+    device: str = "auto"
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _generate(name: str, n: int, cfg: ScalingConfig, seed: int) -> list[Trajectory]:
-    family = get_family(name)
-    return family.generate(n, cfg.resolution, cfg.snapshots, seed).to_trajectories(family)
 
 
 def _layout(families: Sequence[str]) -> list[str]:
@@ -69,139 +78,99 @@ def _layout(families: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(f for name in families for f in get_family(name).fields))
 
 
-def pretrain_small(
-    trajs: Sequence[Trajectory],
-    val: Sequence[Trajectory],
-    layout: list[str],
-    embed_dim: int,
-    cfg: ScalingConfig,
-    seed: int,
-) -> TrainedOperator:
-    """A fresh tiny-preset scOT of width `embed_dim` trained on the all2all pairs of `trajs`."""
-    torch.manual_seed(seed)
-    side = cfg.resolution
-    config = ScOTConfig.from_preset(
-        "tiny",
-        embed_dim=embed_dim,
-        image_size=side if side % 32 == 0 else 64,
-        num_channels=len(layout),
-        num_out_channels=len(layout),
-        field_names=layout,
-        channel_slice_list_normalized_loss=loss_slices(layout),
-    )
-    model = ScOT(config)
-    normalizer = Normalizer.from_trajectories(trajs)
-    train_set = pair_dataset(trajs, layout, normalizer, stride=cfg.budget.stride)
-    val_set = pair_dataset(val, layout, normalizer, stride=cfg.budget.stride)
-    train(model, train_set, val_set, config=cfg.budget.train_config(seed))
-    return TrainedOperator(model, tuple(layout), normalizer)
+def _horizon(cfg: ScalingConfig) -> str:
+    text = f" input={cfg.input_index}"
+    return text + (f" target={cfg.target_index}" if cfg.target_index is not None else "")
 
 
-def _score(op: TrainedOperator, tests: dict[str, list[Trajectory]]) -> float:
-    """Mean over test families of the median relative L1 error (direct prediction to the last snapshot)."""
-    return float(np.mean([score(forecast(op, t))[0][HEADLINE]["median"] for t in tests.values()]))
+def downstream_specs(cfg: ScalingConfig, families: Sequence[str]) -> list[str]:
+    """What each run is scored on while it trains (the `--downstream` specs)."""
+    sizes = f"n={cfg.n_test} resolution={cfg.resolution} snapshots={cfg.snapshots}{_horizon(cfg)}"
+    if cfg.axis == "families":
+        return [
+            f"{cfg.target_family} few-shot:{cfg.target_shots} {sizes} seed={TEST_SEED} "
+            f"steps={cfg.finetune_steps}"
+        ]
+    return [f"{name} zero-shot {sizes} seed={TEST_SEED + k}" for k, name in enumerate(families)]
+
+
+def _plan(cfg: ScalingConfig, value: int) -> tuple[list[str], int, int]:
+    """(pretraining families, trajectories per family, width) of the run at axis `value`."""
+    families = cfg.families[:value] if cfg.axis == "families" else cfg.families
+    per_family = value if cfg.axis == "data" else cfg.trajectories
+    width = value if cfg.axis in ("model", "compute") else cfg.embed_dim
+    return families, per_family, width
 
 
 def run_scaling(
     out: str | Path, *, config: ScalingConfig | None = None, log: Callable[[str], None] = lambda _: None
 ) -> dict:
-    """Run the study along `config.axis`; writes report.md, metrics.json, the curve and checkpoints to `out`."""
+    """Pretrain one run per axis value and seed under `out/runs`, then fit them; writes report.md,
+    metrics.json and figures to `out`."""
     cfg = config or ScalingConfig()
     if cfg.axis not in AXES:
         raise ValueError(f"scaling: axis must be one of {sorted(AXES)}, got {cfg.axis!r}")
-    label, xlabel, default_values = AXES[cfg.axis]
-    values = sorted(cfg.values or default_values)
+    values = sorted(cfg.values or DEFAULT_VALUES[cfg.axis])
     if cfg.axis == "families" and values[-1] > len(cfg.families):
         raise ValueError(
             f"scaling: {values[-1]} families asked, only {len(cfg.families)} listed: {cfg.families}"
         )
+    if cfg.axis == "families" and cfg.target_family in cfg.families:
+        raise ValueError(f"scaling: the target family {cfg.target_family!r} is also a pretraining family")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     layout = _layout([*cfg.families, cfg.target_family] if cfg.axis == "families" else cfg.families)
-
-    points: dict[int, dict] = {}
+    runs, labels = [], []
     for value in values:
-        errors, x = [], None
         for seed in cfg.seeds:
-            names = cfg.families[:value] if cfg.axis == "families" else cfg.families
-            per_family = value if cfg.axis == "data" else cfg.trajectories
-            width = value if cfg.axis == "model" else cfg.embed_dim
-            log(f"scaling: {cfg.axis}={value}, seed {seed}: pretraining on {names}")
-            data = {n: _generate(n, per_family + 1, cfg, seed * 1000 + k) for k, n in enumerate(names)}
-            trajs = [t for ts in data.values() for t in ts[1:]]
-            op = pretrain_small(trajs, [ts[0] for ts in data.values()], layout, width, cfg, seed)
-            if cfg.axis == "families":
-                ckpt = out / "checkpoints" / f"families-{value}-seed{seed}"
-                op.model.save_pretrained(ckpt)
-                target = _generate(cfg.target_family, cfg.target_shots + 1 + cfg.n_test, cfg, 10**6 + seed)
-                shots, val, test = (
-                    target[: cfg.target_shots],
-                    target[cfg.target_shots : cfg.target_shots + 1],
-                    target[-cfg.n_test :],
+            families, per_family, width = _plan(cfg, value)
+            corpus = out / "corpora" / f"{'+'.join(families)}-{per_family}-seed{seed}"
+            generate_corpus(
+                corpus,
+                [get_family(n) for n in families],
+                per_family,
+                resolution=cfg.resolution,
+                snapshots=cfg.snapshots,
+                seed=seed,
+                progress=False,
+            )
+            label = f"{cfg.axis}-{value}-seed{seed}"
+            run = out / "runs" / label
+            if not (run / "model" / "train_summary.json").exists():
+                log(f"scaling: pretraining {label} (width {width}, {per_family} trajectories of {families})")
+                pretrain(
+                    PretrainConfig(
+                        corpus=[str(corpus)],
+                        out=str(run),
+                        channels=layout,
+                        model_overrides={"image_size": cfg.resolution, "embed_dim": width},
+                        max_steps=cfg.steps,
+                        batch_size=cfg.batch_size,
+                        learning_rate=cfg.learning_rate,
+                        downstream=downstream_specs(cfg, families),
+                        downstream_every=max(1, cfg.steps // cfg.evaluations),
+                        checkpoint_every=max(1, cfg.steps // 2),
+                        log_every=max(1, cfg.steps // 20),
+                        seed=seed,
+                        device=cfg.device,
+                        resume="auto",
+                        log_with="none",
+                        progress=False,
+                    )
                 )
-                op, _ = fit_candidate("full", shots, val, budget=cfg.budget, seed=seed, model=str(ckpt))
-                errors.append(_score(op, {cfg.target_family: test}))
-            else:
-                tests = {n: _generate(n, cfg.n_test, cfg, 10**6 + k) for k, n in enumerate(names)}
-                errors.append(_score(op, tests))
-            x = {
-                "model": sum(p.numel() for p in op.model.parameters()),
-                "data": len(trajs),
-                "families": value,
-            }[cfg.axis]
-        points[value] = {
-            "x": x,
-            "errors": errors,
-            "mean": float(np.mean(errors)),
-            "std": float(np.std(errors)),
-        }
-
-    xs = [points[v]["x"] for v in values]
-    ys = [points[v]["mean"] for v in values]
-    try:
-        fit = fit_power_law(xs, ys, with_offset=len(xs) >= 4, bootstrap=cfg.bootstrap).to_dict()
-    except ValueError as err:  # too few or degenerate points
-        fit = {"unavailable": str(err)}
-    metrics = {
-        "study": "scaling",
-        "axis": cfg.axis,
-        "x": xlabel,
-        "headline": f"{HEADLINE}: median over test samples, mean over test families, mean +- std over seeds",
+            runs.append(str(run))
+            labels.append(label)
+    context = {
+        "pretrained here": f"{len(runs)} `pdefm pretrain` runs under runs/ ({VALUE_LABEL[cfg.axis]} {values}, "
+        f"seeds {cfg.seeds}), each {cfg.steps} steps of batch {cfg.batch_size} at learning rate "
+        f"{cfg.learning_rate}, {cfg.resolution}x{cfg.resolution}, {cfg.snapshots} snapshots",
+        "downstream": downstream_specs(cfg, cfg.families),
         "config": cfg.to_dict(),
-        "layout": layout,
-        "points": points,
-        "fit": fit,
-        "pretraining": "in-process finetune-loop pretraining on generated data (same step budget per point)",
-        "environment": environment(),
     }
-    curve = {cfg.axis: {points[v]["x"]: (points[v]["mean"], points[v]["std"]) for v in values}}
-    law = None if "unavailable" in fit else fit_power_law(xs, ys, with_offset=len(xs) >= 4)
-    path = plots.plot_curves(
-        curve,
-        out / f"scaling_{cfg.axis}.png",
-        xlabel=xlabel,
-        ylabel="median relative L1 error",
-        title=f"scaling in {xlabel}",
-        fits={cfg.axis: law} if law else None,
+    return run_scaling_runs(
+        runs,
+        out,
+        config=RunsScalingConfig(axis=cfg.axis, bootstrap=cfg.bootstrap),
+        labels=labels,
+        context=context,
+        log=log,
     )
-    rows = [[v, points[v]["x"], points[v]["mean"], points[v]["std"]] for v in values]
-    fit_text = (
-        f"unavailable: {fit['unavailable']}"
-        if "unavailable" in fit
-        else (
-            f"E = {fmt(fit['a'])} x^-{fmt(fit['alpha'])} + {fmt(fit['c'])}; "
-            f"alpha {int(fit['confidence'] * 100)}% CI [{fmt(fit['ci']['alpha'][0])}, {fmt(fit['ci']['alpha'][1])}] "
-            f"({fit['method']}); R^2 = {fmt(fit['r2'])}" + "".join(f"\n- {n}" for n in fit["notes"])
-        )
-    )
-    sections = [
-        (
-            "Setup",
-            f"- axis `{cfg.axis}` ({label}: {values}), layout {layout}\n- {cfg.to_dict()}\n- {metrics['pretraining']}",
-        ),
-        ("Points", table([label, xlabel, "error (mean)", "std over seeds"], rows)),
-        ("Power-law fit", fit_text),
-        ("Figures", figure(path, out, f"scaling in {xlabel}")),
-    ]
-    write_report(out, f"Scaling study: {cfg.axis}", sections, metrics)
-    return metrics

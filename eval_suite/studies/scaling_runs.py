@@ -188,9 +188,14 @@ def run_scaling_runs(
     *,
     config: RunsScalingConfig | None = None,
     labels: Sequence[str] | None = None,
+    context: dict | None = None,
     log: Callable[[str], None] = lambda _: None,
 ) -> dict:
-    """Fit the runs' downstream error along `config.axis`; writes report.md, metrics.json and figures to `out`."""
+    """Fit the runs' downstream error along `config.axis`; writes report.md, metrics.json and figures to `out`.
+
+    `labels` name the runs in tables and figures; `context` (how the runs were made, when known) goes into
+    the report's setup and metrics.json.
+    """
     cfg = config or RunsScalingConfig()
     if cfg.axis not in AXES:
         raise ValueError(f"scaling: --axis must be one of {sorted(AXES)}, got {cfg.axis!r}")
@@ -273,6 +278,7 @@ def run_scaling_runs(
         "fit": fit,
         "joint_fit": joint,
         "frontier": frontier,
+        "context": context or {},
         "environment": environment(),
     }
     metrics["verdict"] = _verdict(metrics)
@@ -421,11 +427,10 @@ def _sections(m: dict, figs: dict, out: Path) -> list[tuple[str, str]]:
             f"({', '.join(CONTROLLED[m['axis']])}); their points mix two effects."
         )
     point_rows = [[x, ", ".join(p["runs"]), p["mean"], p["std"]] for x, p in sorted(m["points"].items())]
+    setup = f"- axis `{m['axis']}` ({m['symbol']} = {m['x']}), tasks {m['tasks']}, metric `{m['metric']}`\n- {m['headline']}"
+    setup += "".join(f"\n- {k}: {v}" for k, v in m["context"].items())
     sections = [
-        (
-            "Setup",
-            f"- axis `{m['axis']}` ({m['symbol']} = {m['x']}), tasks {m['tasks']}, metric `{m['metric']}`\n- {m['headline']}",
-        ),
+        ("Setup", setup),
         ("Runs", runs_text),
         ("Points", table([m["x"], "runs", "error (mean)", "std over runs"], point_rows)),
         ("Power-law fit", _law_text(m["fit"], m["symbol"])),
