@@ -260,7 +260,7 @@ def _pipeline(cfg: QuickstartConfig, out: Path, hub: LocalHub, stages: Stages, c
         "few_shot": few_shot,
         "verdict": verdict(few_shot),
     }
-    write_quickstart_report(out, cfg, metrics, study_dir)
+    write_quickstart_report(out, cfg, metrics, study_dir, pretrain_dir)
     console.rule("[bold green]quickstart finished")
     console.print(f"report:  {out / 'report.md'}\nmetrics: {out / 'metrics.json'}\nfigures: {study_dir}")
     return metrics
@@ -301,8 +301,34 @@ def verdict(few_shot: dict) -> dict:
     return rows
 
 
-def write_quickstart_report(out: Path, cfg: QuickstartConfig, metrics: dict, study_dir: Path) -> Path:
-    """out/report.md: what ran, pretraining, the few-shot table with gains, zero-shot, figures; and metrics.json."""
+def downstream_curve(pretrain_dir: Path, out: Path) -> Path | None:
+    """The pretraining run's downstream error against step (from its metrics.jsonl), when it recorded any."""
+    from eval_suite import plots
+    from eval_suite.runs import read_metrics
+
+    rows = read_metrics(Path(pretrain_dir) / "metrics.jsonl", str(pretrain_dir))
+    series = {}
+    for key in dict.fromkeys(
+        k for r in rows for k in r if k.startswith("downstream/") and k.endswith("rel_l1")
+    ):
+        points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+        series[key.removeprefix("downstream/")] = ([s for s, _ in points], [v for _, v in points])
+    if not series:
+        return None
+    return plots.plot_lines(
+        series,
+        out / "downstream_curve.png",
+        xlabel="pretraining step",
+        ylabel="relative L1",
+        title="downstream error during pretraining",
+    )
+
+
+def write_quickstart_report(
+    out: Path, cfg: QuickstartConfig, metrics: dict, study_dir: Path, pretrain_dir: Path | None = None
+) -> Path:
+    """out/report.md: what ran, pretraining (with its downstream curve), the few-shot table with gains,
+    zero-shot and persistence, figures; and metrics.json. The first line is the few-shot study's verdict."""
     from eval_suite.report import figure, fmt, table, write_report
 
     fs = metrics["few_shot"]
@@ -367,6 +393,9 @@ def write_quickstart_report(out: Path, cfg: QuickstartConfig, metrics: dict, stu
         ratios += f"\n\nPoseidon's accuracy gain AG_{fs['gain_samples']} over FNO: " + ", ".join(
             f"{k} {fmt(v, 3)}" for k, v in ag.items()
         )
+    curve = downstream_curve(pretrain_dir, out) if pretrain_dir is not None else None
+    if curve is not None:
+        pretrain += "\n\n" + figure(curve, out, "downstream error during pretraining")
     pictures = [
         figure(study_dir / "few_shot_curve.png", out, "few-shot curve"),
         *(figure(study_dir / f"fields_{c}.png", out, f"{c}: prediction, truth, error") for c in curves),
