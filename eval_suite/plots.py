@@ -127,12 +127,15 @@ def plot_lines(
     title: str,
     logx: bool = False,
     frontier: tuple[Sequence[float], Sequence[float]] | None = None,
+    references: Mapping[str, float] | None = None,
 ) -> Path:
     """One line per run (e.g. downstream error against step or FLOPs), log y; an optional frontier drawn
-    as a black step line through its points."""
+    as a black step line through its points, and reference levels (e.g. persistence) as dashed lines."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, (xs, ys) in series.items():
         ax.plot(xs, ys, marker=".", label=name)
+    for name, level in (references or {}).items():
+        ax.axhline(level, color="grey", ls="--", lw=1, label=name)
     if frontier is not None and len(frontier[0]):
         ax.step(frontier[0], frontier[1], "k-", where="post", lw=1.5, alpha=0.8, label="frontier")
         ax.scatter(frontier[0], frontier[1], color="k", zorder=3, s=18)

@@ -256,7 +256,7 @@ def run_scaling_runs(
             flagged=[per_run[label]["x"] for label in flags],
             ylabel=f"downstream {cfg.metric}",
         ),
-        "curves": _curves_figure(runs, tasks, cfg.metric, out),
+        "curves": _curves_figure(runs, tasks, cfg.metric, out, _persistence_level(per_run)),
     }
     frontier = None
     if cfg.axis == "compute":
@@ -306,8 +306,16 @@ def _joint(runs: list[RunRecord], per_run: dict, cfg: RunsScalingConfig) -> dict
         return {"unavailable": str(err)}
 
 
-def _curves_figure(runs: list[RunRecord], tasks: list[str], metric: str, out: Path) -> Path:
-    """Each run's downstream error (mean over tasks) against training step."""
+def _persistence_level(per_run: dict) -> dict[str, float]:
+    """Persistence's error on the tasks (one fixed test set: the same for every run), for the figures."""
+    levels = [r["persistence"] for r in per_run.values() if r["persistence"] is not None]
+    return {"persistence (input as prediction)": float(np.mean(levels))} if levels else {}
+
+
+def _curves_figure(
+    runs: list[RunRecord], tasks: list[str], metric: str, out: Path, references: dict[str, float]
+) -> Path:
+    """Each run's downstream error (mean over tasks) against training step, persistence dashed."""
     series = {}
     for run in runs:
         curves = [dict((s, v) for s, _, v in run.curve(t, metric)) for t in tasks]
@@ -319,6 +327,7 @@ def _curves_figure(runs: list[RunRecord], tasks: list[str], metric: str, out: Pa
         xlabel="pretraining step",
         ylabel=f"downstream {metric}",
         title=f"downstream {metric} during pretraining ({', '.join(tasks)})",
+        references=references if metric == "rel_l1" else None,
     )
 
 
