@@ -3,7 +3,9 @@
 Starts the real server in a subprocess and measures its peak resident set growth (VmHWM in
 /proc/PID/status, reset through /proc/PID/clear_refs once the server is up) while
 
-- huggingface_hub's `upload_file` sends a SIZE MB file (git LFS: batch, one PUT, verify, commit),
+- huggingface_hub's `upload_file` sends a SIZE MB file through Xet (the default when hf_xet is installed:
+  xorbs, then a shard the server rebuilds the file from), and again through git LFS (HF_HUB_DISABLE_XET:
+  batch, one PUT, verify),
 - a client without a token POSTs SIZE MB to a commit route (refused from its headers).
 
 Goals (issue 13): upload growth <= 100 MB, refused POST growth <= 10 MB. The growth is also printed as
@@ -57,6 +59,15 @@ def _write_file(path: Path, size: int) -> None:
             left -= len(block)
 
 
+def _same(a: Path, b: Path) -> bool:
+    """Byte-equal files, compared 8 MB at a time."""
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while (block := fa.read(8 << 20)) == fb.read(8 << 20):
+            if not block:
+                return True
+    return False
+
+
 def _refused_post(endpoint: str, path: Path) -> str:
     """POST the file to a commit route without a token; returns the status line the server answered."""
     host, port = endpoint.removeprefix("http://").split(":")
@@ -92,32 +103,39 @@ def main() -> None:
                 HF_ENDPOINT=hub.endpoint,
                 HF_TOKEN=TOKEN,
                 HF_HOME=str(work / "hf-home"),
-                HF_HUB_DISABLE_XET="1",
                 HF_HUB_DISABLE_PROGRESS_BARS="1",
             )
-            from huggingface_hub import HfApi
+            import huggingface_hub.constants
+            from huggingface_hub import HfApi, hf_hub_download
 
             api = HfApi()
             api.create_repo("bench/upload")
             print(f"server rss after start {_status_kb(hub.pid, 'VmRSS') / 1024:.1f} MB", flush=True)
 
-            baseline = _reset_peak(hub.pid)
-            t0 = time.perf_counter()
-            api.upload_file(path_or_fileobj=str(big), path_in_repo="checkpoint.bin", repo_id="bench/upload")
-            seconds = time.perf_counter() - t0
-            upload = _peak_growth_mb(hub.pid, baseline)
-            stored = api.model_info("bench/upload", files_metadata=True).siblings[0].size
-            assert stored == big.stat().st_size, (stored, big.stat().st_size)
+            growth, seconds = {}, {}
+            # LFS first: the Xet upload of the same bytes then still sends and rebuilds everything.
+            for path in ("lfs", "xet"):
+                huggingface_hub.constants.HF_HUB_DISABLE_XET = path == "lfs"  # read at call time
+                baseline = _reset_peak(hub.pid)
+                t0 = time.perf_counter()
+                api.upload_file(path_or_fileobj=str(big), path_in_repo=f"{path}.bin", repo_id="bench/upload")
+                seconds[path] = time.perf_counter() - t0
+                growth[path] = _peak_growth_mb(hub.pid, baseline)
+                got = Path(hf_hub_download("bench/upload", f"{path}.bin", cache_dir=work / "cache"))
+                assert _same(got, big), f"the {path} upload does not download as the file sent"
+                got.unlink()
 
             baseline = _reset_peak(hub.pid)
             answer = _refused_post(hub.endpoint, big)
             refused = _peak_growth_mb(hub.pid, baseline)
 
-        print(f"file {size_mb} MB; upload took {seconds:.1f} s ({size_mb / seconds:.0f} MB/s)")
+        print(f"file {size_mb} MB; Xet upload {seconds['xet']:.1f} s, LFS upload {seconds['lfs']:.1f} s")
         print(f"refused POST answer: {answer}")
-        print(
-            f"peak_rss_growth_mb upload {upload:.1f}  (ratio to file size {upload / size_mb:.3f}; goal <= 100 MB)"
-        )
+        for name, key in (("upload", "xet"), ("upload_lfs", "lfs")):
+            print(
+                f"peak_rss_growth_mb {name} {growth[key]:.1f}  "
+                f"(ratio to file size {growth[key] / size_mb:.3f}; goal <= 100 MB)"
+            )
         print(
             f"peak_rss_growth_mb refused_post {refused:.1f}  "
             f"(ratio to file size {refused / size_mb:.3f}; goal <= 10 MB)"

@@ -132,7 +132,6 @@ def _point_clients_at(hub: LocalHub, out: Path) -> None:
                 "in a fresh process"
             )
     os.environ.update(HF_ENDPOINT=hub.endpoint, HF_TOKEN=hub.token, HF_HOME=str(out / "hf-home"))
-    os.environ["HF_HUB_DISABLE_XET"] = "1"  # the local hub takes binary files through LFS, not Xet
     os.environ.pop("HF_HUB_OFFLINE", None)
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 

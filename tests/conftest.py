@@ -21,7 +21,6 @@ HUB_TOKEN = "pdefm-test-token"
 os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{HUB_PORT}"
 os.environ["HF_HOME"] = str(_SESSION_DIR / "hf_home")
 os.environ["HF_TOKEN"] = HUB_TOKEN
-os.environ["HF_HUB_DISABLE_XET"] = "1"  # pdefm's hub takes large and binary files through LFS, not Xet
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 os.environ.pop("HF_HUB_OFFLINE", None)

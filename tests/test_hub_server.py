@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
+import huggingface_hub.constants
 import pytest
 import torch
 from huggingface_hub import (
@@ -354,6 +355,14 @@ def limited_hub(tmp_path_factory):
         yield hub
 
 
+@pytest.fixture(params=["xet", "lfs"])
+def transfer(request, monkeypatch):
+    """Run a test with each upload path of huggingface_hub: Xet (hf_xet installed, the default) and git LFS
+    (HF_HUB_DISABLE_XET=1, or no hf_xet). The flag is read at call time, so patching it switches paths."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", request.param == "lfs")
+    return request.param
+
+
 def _raw(endpoint: str, head: str, body: bytes = b"", timeout: float = 10):
     """(status, headers, body) of a request written by hand on a fresh socket: headers can promise a body
     that is never sent, which shows whether the server waits for it."""
@@ -412,9 +421,10 @@ def test_request_cap_gives_413(limited_hub):
     assert api.list_repo_files("pdefm-tests/capped") == []
 
 
-def test_lfs_upload_above_the_inline_threshold(limited_hub, tmp_path):
-    """Files over the threshold (and binary ones) go through batch -> signed PUT -> verify -> lfsFile;
-    an object the server already holds is not sent again."""
+def test_lfs_upload_above_the_inline_threshold(limited_hub, tmp_path, monkeypatch):
+    """Without Xet, files over the threshold (and binary ones) go through batch -> signed PUT -> verify ->
+    lfsFile; an object the server already holds is not sent again."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
     api = HfApi(endpoint=limited_hub.endpoint)
     repo = "pdefm-tests/lfs"
     api.create_repo(repo)
@@ -457,16 +467,70 @@ def test_lfs_put_needs_a_signed_url_and_the_announced_bytes(limited_hub):
     assert _request(href, "PUT", data)[0] == 200
 
 
-def test_dataset_push_to_hub_round_trip(hub_server):
-    """datasets.Dataset.push_to_hub uploads its parquet shards through LFS; load_dataset reads them back."""
+def test_dataset_push_to_hub_round_trip(hub_server, transfer):
+    """datasets.Dataset.push_to_hub uploads its parquet shards as "lfs" files (through Xet or LFS) and
+    deletes each local shard right after; load_dataset reads the rows back."""
     import datasets
 
+    repo = f"pdefm-tests/pushed-ds-{transfer}"
     rows = {"idx": list(range(30)), "pde": ["ns", "wave", "burgers"] * 10, "u": [[i, -i] for i in range(30)]}
-    datasets.Dataset.from_dict(rows).push_to_hub("pdefm-tests/pushed-ds", max_shard_size="1KB")
-    files = HfApi().list_repo_files("pdefm-tests/pushed-ds", repo_type="dataset")
+    datasets.Dataset.from_dict(rows).push_to_hub(repo, max_shard_size="1KB")
+    files = HfApi().list_repo_files(repo, repo_type="dataset")
     assert sum(f.endswith(".parquet") for f in files) > 1 and "README.md" in files
-    back = datasets.load_dataset("pdefm-tests/pushed-ds", split="train").sort("idx")
+    back = datasets.load_dataset(repo, split="train").sort("idx")
     assert back.to_dict() == rows
+
+
+def test_xet_upload_is_rebuilt_into_plain_files(limited_hub, tmp_path, monkeypatch):
+    """With hf_xet, an "lfs" file travels as xorbs + a shard; the server rebuilds it, checks its sha256 and
+    serves it over plain HTTP."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", False)
+    api = HfApi(endpoint=limited_hub.endpoint)
+    repo = "pdefm-tests/xet"
+    api.create_repo(repo)
+    weights = torch.linspace(-1, 1, 100_000).numpy().tobytes()  # 400 kB of float32: compressible
+    api.upload_file(path_or_fileobj=weights, path_in_repo="model.bin", repo_id=repo)
+    log = _lfs_log(limited_hub)
+    assert "xet-write-token" in log and "POST /xet/v1/xorbs/default/" in log and "POST /xet/v1/shards" in log
+    entry = next(iter(api.get_paths_info(repo, ["model.bin"])))
+    assert entry.lfs.sha256 == hashlib.sha256(weights).hexdigest() and entry.size == len(weights)
+    path = hf_hub_download(repo, "model.bin", endpoint=limited_hub.endpoint, cache_dir=tmp_path / "c")
+    assert Path(path).read_bytes() == weights
+
+    status, _, _ = _request(
+        f"{limited_hub.endpoint}/xet/v1/shards", "POST", b"x", {"Authorization": "Bearer 1.x"}
+    )
+    assert status == 401  # CAS routes need the short-lived token that xet-write-token signs
+
+
+def test_xorb_chunks_decode_every_compression_scheme(tmp_path):
+    """Xorb chunks stored as is, as LZ4 frames, and as LZ4 frames of 4-way byte-grouped data (the float
+    layout) decode back to their bytes; a range skips the chunks before it."""
+    import lz4.frame
+
+    from foundation.hub import xet
+
+    chunks = [
+        bytes(range(256)) * 3,
+        b"pde" * 1000,
+        torch.arange(1001, dtype=torch.float32).numpy().tobytes()[:-1],
+    ]
+    grouped = b"".join(chunks[2][i::4] for i in range(4))
+    stored = [(0, chunks[0]), (1, lz4.frame.compress(chunks[1])), (2, lz4.frame.compress(grouped))]
+    path = tmp_path / "xorb"
+    with open(path, "wb") as f:
+        for (scheme, data), raw in zip(stored, chunks, strict=True):
+            f.write(
+                bytes([0])
+                + len(data).to_bytes(3, "little")
+                + bytes([scheme])
+                + len(raw).to_bytes(3, "little")
+            )
+            f.write(data)
+    assert list(xet.xorb_chunks(path, 0, 3)) == chunks
+    assert list(xet.xorb_chunks(path, 1, 3)) == chunks[1:]
+    words = ["0706050403020100", "0f0e0d0c0b0a0908", "1716151413121110", "1f1e1d1c1b1a1918"]
+    assert xet.hash_hex(bytes(range(32))) == "".join(words)  # each 8-byte word printed as a LE u64
 
 
 def test_non_latin1_repo_and_file_names(hub_server):

@@ -1,15 +1,16 @@
 """pdefm's Hub-compatible HTTP server: the routes huggingface_hub, transformers, peft and datasets use.
 
 Run ``pdefm hub serve --root DIR --port P`` (or ``python -m foundation.hub.server``), then point clients at
-it with ``HF_ENDPOINT=http://HOST:P HF_TOKEN=<token> HF_HUB_DISABLE_XET=1``. Reads of public repos need
-no token; every write needs the server's token, which comes from ``--token-file``, ``$PDEFM_HUB_TOKEN``,
-``$HF_TOKEN`` or ``ROOT/.token`` (never the command line, where ``ps`` shows it to every user).
+it with ``HF_ENDPOINT=http://HOST:P HF_TOKEN=<token>``. Reads of public repos need no token; every write
+needs the server's token, which comes from ``--token-file``, ``$PDEFM_HUB_TOKEN``, ``$HF_TOKEN`` or
+``ROOT/.token`` (never the command line, where ``ps`` shows it to every user).
 
 Memory stays bounded whatever clients send: authorisation is decided from the headers before a body byte
 is read, bodies are streamed in 1 MiB chunks (uploads straight to a temporary file on disk) and capped
-by ``--max-upload-mb`` (413). Files below ``--lfs-threshold-mb`` are inlined base64 in the ndjson commit;
-larger ones go through the git LFS batch API (basic transfer: one signed PUT per object, then verify).
-State lives in ``DIR`` (see ``storage.py``) and survives restarts.
+by ``--max-upload-mb`` (413). Small text files are inlined base64 in the ndjson commit; binary files and
+files of ``--lfs-threshold-mb`` or more are "lfs" files, which huggingface_hub uploads through Xet when
+hf_xet is installed (``xet.py``) and otherwise through the git LFS batch API (basic transfer: one signed
+PUT per object, then verify). State lives in ``DIR`` (see ``storage.py``) and survives restarts.
 """
 
 from __future__ import annotations
@@ -27,11 +28,13 @@ import secrets
 import socket
 import stat
 import sys
+import tempfile
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+from foundation.hub import xet
 from foundation.hub.storage import (
     REPO_TYPES,
     BlobWriter,
@@ -49,6 +52,7 @@ _SMALL_BODY = 16 * _MB  # JSON and form bodies (preupload, batch, paths-info, ..
 _DRAIN_LIMIT = 64 * 1024  # an unread body up to this size is drained to keep the connection alive
 _LINGER_SECONDS = 5.0  # after refusing an unread body, discard what the client still sends for this long
 _LFS_URL_SECONDS = 24 * 3600
+_XET_TOKEN_SECONDS = 3600
 _TYPE_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 _PLURAL = {f"{t}s": t for t in REPO_TYPES}
 _LIST_PARAMS = {"author", "search", "sort", "direction", "limit", "full", "expand", "config", "cardData"}
@@ -337,6 +341,10 @@ class HubHandler(BaseHTTPRequestHandler):
         self._request_body = RequestBody(self, 0, 0)  # replaced by _open_body; keeps _settle_body safe
         try:
             self._open_body()
+            if seg[:1] == ["xet"]:  # Xet CAS routes carry their own short-lived token (see _xet_token)
+                return self._xet(method, seg[1:])
+            if seg[:2] == ["v1", "telemetry"]:  # hf_xet reports here with its CAS token
+                raise HubError(404, None, "this hub collects no telemetry")
             self._authorized()  # a wrong token fails every request, even reads, before any body byte
             lfs = next((i for i, part in enumerate(seg) if part.endswith(".git")), None)
             if seg[:1] == ["api"]:
@@ -476,13 +484,12 @@ class HubHandler(BaseHTTPRequestHandler):
         if method == "POST" and route == "commit":
             self._require_write()
             return self._commit(repo_type, repo_id, rev)
-        if method == "GET" and route.startswith("xet-") and route.endswith("-token"):
-            raise HubError(
-                501,
-                "XetNotSupported",
-                "this pdefm hub stores large files through git LFS, not Xet: set HF_HUB_DISABLE_XET=1 in "
-                "the client's environment (huggingface_hub then uploads through LFS)",
-            )
+        if method == "GET" and route == "xet-write-token":
+            self._require_write()
+            self._readable(repo_type, repo_id)
+            return self._xet_token()
+        if method == "GET" and route == "xet-read-token":
+            raise HubError(404, None, "this hub serves downloads over plain HTTP: no Xet read token")
         if route == "discussions":
             return self._discussions(method, repo_type, repo_id, rest[1:])
         raise HubError(404, None, f"no route for {method} /api/{repo_type}s/{repo_id}/{'/'.join(rest)}")
@@ -657,6 +664,64 @@ class HubHandler(BaseHTTPRequestHandler):
         base = f"{self._endpoint()}/{_TYPE_PREFIX[repo_type]}{repo_id}"
         pr_url = f"{base}/discussions/{pr}" if pr is not None else None
         return self._json({"commitUrl": f"{base}/commit/{sha}", "commitOid": sha, "pullRequestUrl": pr_url})
+
+    # ---- Xet CAS (upload half; see xet.py) ---------------------------------------------------------
+
+    def _xet_signature(self, expires: int) -> str:
+        return hmac.new(
+            self.server.token.encode(), f"xet-write/{expires}".encode(), hashlib.sha256
+        ).hexdigest()
+
+    def _xet_token(self):
+        """``xet-write-token``: a CAS token signed with the server's token, valid for an hour, and the CAS URL
+        (``<endpoint>/xet``), in the JSON body and in the headers huggingface_hub reads."""
+        expires = int(time.time()) + _XET_TOKEN_SECONDS
+        token, cas = f"{expires}.{self._xet_signature(expires)}", f"{self._endpoint()}/xet"
+        headers = {"X-Xet-Cas-Url": cas, "X-Xet-Access-Token": token, "X-Xet-Token-Expiration": str(expires)}
+        return self._json({"accessToken": token, "exp": expires, "casUrl": cas}, headers=headers)
+
+    def _xet(self, method: str, seg: list[str]):
+        """``/xet/v1/...``: no global deduplication (404), xorbs stored as sent, shards rebuilt into blobs."""
+        expires, _, sig = self.headers.get("Authorization", "").removeprefix("Bearer ").partition(".")
+        good = expires.isdigit() and hmac.compare_digest(sig, self._xet_signature(int(expires)))
+        if not good or int(expires) < time.time():
+            raise HubError(
+                401, None, "missing, invalid or expired Xet token: ask xet-write-token for a new one"
+            )
+        store: RepoStore = self.server.store
+        if method == "GET" and seg[:2] == ["v1", "chunks"]:
+            raise HubError(404, None, "this hub does no global deduplication")
+        if method == "POST" and seg[:3] == ["v1", "xorbs", "default"] and len(seg) == 4:
+            path = xet.xorb_path(store, seg[3])
+            tmp = self._spool()
+            inserted = not path.exists()
+            if inserted:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, path)
+            else:
+                tmp.unlink()
+            return self._json({"was_inserted": inserted})
+        if method == "POST" and seg == ["v1", "shards"]:
+            tmp = self._spool()
+            try:
+                with open(tmp, "rb") as f:
+                    xet.rebuild_files(store, f)
+            finally:
+                tmp.unlink()
+            return self._json({"result": 1})
+        raise HubError(404, None, f"no Xet route for {method} /xet/{'/'.join(seg)}")
+
+    def _spool(self) -> Path:
+        """Stream the request body into a temporary file of this server (capped by --max-upload-mb)."""
+        fd, tmp = tempfile.mkstemp(dir=self.server.store.tmp_dir, suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                while chunk := self._reader.read1(_CHUNK):
+                    f.write(chunk)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        return Path(tmp)
 
     # ---- git LFS (basic transfer) ------------------------------------------------------------------
 
@@ -923,9 +988,7 @@ def serve(
         f"uploads: up to {max_upload_mb:g} MB per request; files of {lfs_threshold_mb:g} MB or more through LFS",
         flush=True,
     )
-    print(
-        f"clients: export HF_ENDPOINT={endpoint} HF_TOKEN=<the server token> HF_HUB_DISABLE_XET=1", flush=True
-    )
+    print(f"clients: export HF_ENDPOINT={endpoint} HF_TOKEN=<the server token>", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -3,7 +3,8 @@
 Layout under ``root``::
 
     blobs/ab/abcdef...            file contents, named by their git-blob sha1 (shared by all repos)
-    lfs/ab/<sha256>.json          LFS uploads: content sha256 -> {oid (git sha1 of the blob), size}
+    lfs/ab/<sha256>.json          LFS and Xet uploads: content sha256 -> {oid (git sha1 of the blob), size}
+    xet/xorbs/ab/<hash>           Xet xorbs as uploaded (later uploads may reuse their chunks)
     repos/<type>s/<org>/<name>/
         state.json                private flag, branches -> commit, pull requests -> commit
         commits/<sha>.json        immutable commit: parent, title, message, date,
@@ -136,6 +137,10 @@ class BlobWriter:
         self._sha1.update(data)
         self._sha256.update(data)
         self.written += len(data)
+
+    def digest(self) -> str:
+        """sha256 (hex) of the bytes written so far."""
+        return self._sha256.hexdigest()
 
     def finish(self, expected_sha256: str | None = None) -> tuple[str, str]:
         """Publish the blob (idempotent); returns (git sha1, sha256). Refused (400) if the size or the
