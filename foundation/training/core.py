@@ -27,14 +27,14 @@ from tqdm.auto import tqdm
 from data_pipelines.atomic import write_bytes_atomic
 from foundation.training.args import TrainingArgs
 from foundation.training.checkpoint import (
-    CheckpointError,
     all_finite,
     load_checkpoint,
     newest_valid_checkpoint,
     save_checkpoint,
 )
+from foundation.training.distributed import on_main_then_share
 from foundation.training.flops import flops_per_example
-from foundation.training.run_folder import RunFolderError, RunLock, prepare_run_folder
+from foundation.training.run_folder import RunLock, prepare_run_folder
 
 logger = logging.getLogger(__name__)
 
@@ -162,26 +162,14 @@ class Trainer:
     def _open_run(self, stack: contextlib.ExitStack) -> None:
         """Lock the folder, apply the resume/overwrite rules and restore the newest valid checkpoint."""
         acc, args = self.accelerator, self.args
-        message, found = None, None
-        if acc.is_main_process:
-            try:
-                stack.enter_context(RunLock(self.out))
-                prepare_run_folder(self.out, args.resume, args.overwrite)
-                if args.resume != "never":
-                    found = newest_valid_checkpoint(self.out)
-                    found = (str(found[0]), found[1]) if found else None
-            except (ValueError, CheckpointError) as e:
-                message = f"{type(e).__name__}: {e}"
-        shared = [message, found]
-        if acc.num_processes > 1:
-            from accelerate.utils import broadcast_object_list
 
-            broadcast_object_list(shared)
-        message, found = shared
-        if message is not None:  # every rank raises the main process's error, as its own class
-            kind, _, text = message.partition(": ")
-            known = {"CheckpointError": CheckpointError, "RunFolderError": RunFolderError}
-            raise known.get(kind, ValueError)(text)
+        def check() -> tuple[str, dict] | None:
+            stack.enter_context(RunLock(self.out))
+            prepare_run_folder(self.out, args.resume, args.overwrite)
+            found = newest_valid_checkpoint(self.out) if args.resume != "never" else None
+            return (str(found[0]), found[1]) if found else None
+
+        found = on_main_then_share(acc, check)
         metrics = self.out / METRICS_FILE
         if found is None:
             if acc.is_main_process:
