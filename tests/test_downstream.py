@@ -170,3 +170,27 @@ def test_scaling_across_runs_fits_the_model_axis_with_figures(runs, tmp_path):
     front = metrics["frontier"]["points"]
     assert front and all(a["error"] > b["error"] for a, b in zip(front, front[1:], strict=False))
     assert (compute / "compute_frontier.png").stat().st_size > 1000
+
+
+def test_runs_without_records_are_evaluated_here_and_cached(runs, tmp_path):
+    import shutil
+
+    models = []
+    for folder in runs:  # model folders alone: no metrics.jsonl beside them
+        models.append(tmp_path / folder.name)
+        shutil.copytree(folder / "model", models[-1])
+    out = tmp_path / "evaluated"
+    args = ["scaling", "--axis", "model", "--out", str(out), "--runs", ",".join(map(str, models))]
+    args += ["--evaluate", "ns_gauss n=2 snapshots=3 zero-shot few-shot:1 steps=1"]
+    result = CliRunner().invoke(eval_app, args)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["evaluated_here"]) == {f"w{w}" for w in WIDTHS}
+    assert metrics["tasks"] == ["ns_gauss.zero-shot", "ns_gauss.few-shot-1"]
+    assert all(r["evaluated_here"] and r["error"] > 0 for r in metrics["runs"].values())
+    assert len(json.loads((out / "evaluations.json").read_text())) == 3
+    again = CliRunner().invoke(eval_app, args)  # reuses the cached evaluations
+    assert again.exit_code == 0 and "evaluating" not in again.output
+
+    missing = CliRunner().invoke(eval_app, args[:-2])
+    assert missing.exit_code != 0 and "pass --evaluate SPEC" in str(missing.exception)
