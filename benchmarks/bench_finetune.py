@@ -138,9 +138,7 @@ def main() -> None:
     methods = [full, lora, guard]
 
     meta_model = copy.deepcopy(base)
-    meta_opts = meta_method.MetaOptions(
-        inner_steps=args.inner_steps, batch_size=args.batch, device=args.device
-    )
+    meta_opts = meta_method.MetaOptions(inner_steps=args.inner_steps)
     half = max(1, len(pairs) // 2)
     task = meta_method.Task(
         args.family,
@@ -151,7 +149,9 @@ def main() -> None:
     meta_optim = torch.optim.AdamW(meta_model.parameters(), lr=meta_opts.outer_lr)
 
     def meta_step():
-        grads, _, _ = meta_method.meta_gradient(meta_model, task, meta_opts, meta_opts.inner_lr)
+        grads, _, _ = meta_method.meta_gradient(
+            meta_model, task, meta_opts, meta_opts.inner_lr, batch_size=args.batch, device=args.device
+        )
         for n, p in meta_model.named_parameters():
             p.grad = grads[n]
         meta_optim.step()

@@ -29,7 +29,7 @@ def test_cli_lora_merge_push_and_load_back(inputs, tmp_path, hub_server):
     out = tmp_path / "run"
     args = ["finetune", "--model", str(ckpt), "--data", str(data), "--shots", "3", "--method", "lora"]
     args += ["--out", str(out), "--epochs", "1", "--batch-size", "10", "--lr", "5e-3", "--lora-rank", "4"]
-    args += ["--merge", "--push-to", "pdefm-test/allen-cahn-lora"]
+    args += ["--merge", "--push-to", "pdefm-test/allen-cahn-lora", "--device", "cpu"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "best validation loss" in result.output and "pushed to pdefm-test/allen-cahn-lora" in result.output
@@ -46,7 +46,8 @@ def test_cli_lora_merge_push_and_load_back(inputs, tmp_path, hub_server):
     ("extra", "message"),
     [
         (["--shots", "5"], "needs 7"),
-        (["--shots", "3", "--method", "physguard"], "needs sim_data"),
+        (["--shots", "3", "--method", "physguard"], "needs protected bases"),
+        (["--shots", "3", "--method", "lora", "--tau", "0.5"], "unknown settings ['tau'] for LoraOptions"),
         (["--shots", "3", "--method", "nope"], "unknown method"),
     ],
 )

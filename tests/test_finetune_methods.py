@@ -5,6 +5,7 @@ keeps protected directions and forgets less than full fine-tuning."""
 from __future__ import annotations
 
 import copy
+from dataclasses import asdict
 from types import SimpleNamespace
 
 import pytest
@@ -20,7 +21,7 @@ from finetune_helpers import (
 from safetensors.torch import load_file
 from torch import nn
 
-from finetune.api import finetune
+from finetune.api import InputOptions, finetune
 from finetune.channels import load_for_fields
 from finetune.data import pair_dataset
 from finetune.methods import lora as lora_method
@@ -31,7 +32,7 @@ from finetune.trainer import TrainConfig, evaluate, move_batch, train
 from foundation.loading import load_model
 
 FAST = FullOptions(lr_backbone=1e-3, lr_embedding=2e-3, lr_time=2e-3)
-RUN = dict(n_val=1, n_test=1, epochs=2, batch_size=10)
+RUN = dict(inputs=InputOptions(n_val=1, n_test=1), train=TrainConfig(epochs=2, batch_size=10))
 
 
 @pytest.fixture(scope="module")
@@ -57,14 +58,16 @@ def _out(model: nn.Module) -> torch.Tensor:
 
 
 def test_full_lowers_validation_and_saved_model_loads_back(checkpoint, new_family, tmp_path):
-    res = finetune(str(checkpoint), new_family, 3, "full", tmp_path, full=FAST, **RUN)
+    res = finetune(str(checkpoint), new_family, 3, "full", tmp_path, options=FAST, **RUN)
     assert res.channels == LAYOUT  # the data's [s] fits the model's [s, k]: no surgery
     assert res.best_val_loss < res.initial_val_loss
     assert res.test_loss is not None and (tmp_path / "history.json").is_file()
-    reloaded = load_model(res.model_path)
+    reloaded = load_model(res.paths["model"])
     assert reloaded.config.field_names == LAYOUT
     assert torch.allclose(_out(reloaded), _out(res.model), atol=1e-6)
-    assert (res.model_path / "normalization.json").is_file() and (res.model_path / "README.md").is_file()
+    assert (res.paths["model"] / "normalization.json").is_file()
+    card = (res.paths["model"] / "README.md").read_text()
+    assert "Poseidon's learning-rate groups" in card  # the method's own paragraph, from the registry
 
 
 def _lora_parameter_count(base: nn.Module, rank: int) -> int:
@@ -113,21 +116,21 @@ def test_every_lora_adapter_is_on_the_forward_path():
 def test_lora_trains_only_adapters_merges_exactly_and_reloads(checkpoint, new_family, tmp_path):
     rank = 4
     expected = _lora_parameter_count(load_model(checkpoint), rank)
-    opts = lora_method.LoraOptions(rank=rank, alpha=8.0, lr=5e-3)
-    res = finetune(str(checkpoint), new_family, 3, "lora", tmp_path, lora=opts, merge=True, **RUN)
+    opts = lora_method.LoraOptions(rank=rank, alpha=8.0, lr=5e-3, merge=True)
+    res = finetune(str(checkpoint), new_family, 3, "lora", tmp_path, options=opts, **RUN)
     assert sum(p.numel() for p in res.model.parameters() if p.requires_grad) == expected
     assert res.best_val_loss < res.initial_val_loss
 
-    adapter_files = {p.name for p in res.adapter_path.iterdir()}
+    adapter_files = {p.name for p in res.paths["adapter"].iterdir()}
     assert {"adapter_config.json", "adapter_model.safetensors"} <= adapter_files
     assert "model.safetensors" not in adapter_files
-    adapter_tensors = load_file(res.adapter_path / "adapter_model.safetensors")
+    adapter_tensors = load_file(res.paths["adapter"] / "adapter_model.safetensors")
     assert sum(t.numel() for t in adapter_tensors.values()) == expected
 
     adapted = _out(res.model)
-    reloaded = lora_method.load_adapter(load_model(checkpoint), res.adapter_path)
+    reloaded = lora_method.load_adapter(load_model(checkpoint), res.paths["adapter"])
     assert torch.allclose(_out(reloaded), adapted, atol=1e-6)
-    assert torch.allclose(_out(load_model(res.merged_path)), adapted, atol=1e-5)
+    assert torch.allclose(_out(load_model(res.paths["merged"])), adapted, atol=1e-5)
     assert not torch.allclose(_out(load_model(checkpoint)), adapted, atol=1e-4)  # the adapter does something
 
 
@@ -172,36 +175,30 @@ def test_first_order_maml_and_reptile_match_hand_computation():
     gq = grad(w2, xq, yq)
     assert abs(g0) > clip  # the clamp is exercised
 
-    opts = meta_method.MetaOptions(inner_steps=2, inner_lr=lr, inner_clip=clip, batch_size=2)
-    grads, q_loss, hyper = meta_method.meta_gradient(Scale(w0), task, opts, lr)
+    opts = meta_method.MetaOptions(inner_steps=2, inner_lr=lr, inner_clip=clip)
+    grads, q_loss, hyper = meta_method.meta_gradient(Scale(w0), task, opts, lr, batch_size=2)
     assert float(grads["w"]) == pytest.approx(gq, rel=1e-10)
-    assert q_loss == pytest.approx(sum((w2 * x - y) ** 2 for x, y in zip(xq, yq, strict=True)) / 3, rel=1e-10)
-    clipped_sum = max(-clip, min(clip, g0)) + max(-clip, min(clip, g1))
-    assert hyper == pytest.approx(-gq * clipped_sum, rel=1e-10)
-
-    opts = meta_method.MetaOptions(
-        algorithm="reptile", inner_steps=2, inner_lr=lr, inner_clip=clip, batch_size=2
+    assert float(q_loss) == pytest.approx(
+        sum((w2 * x - y) ** 2 for x, y in zip(xq, yq, strict=True)) / 3, rel=1e-10
     )
-    grads, _, _ = meta_method.meta_gradient(Scale(w0), task, opts, lr)
+    clipped_sum = max(-clip, min(clip, g0)) + max(-clip, min(clip, g1))
+    assert float(hyper) == pytest.approx(-gq * clipped_sum, rel=1e-10)
+
+    opts = meta_method.MetaOptions(algorithm="reptile", inner_steps=2, inner_lr=lr, inner_clip=clip)
+    grads, _, _ = meta_method.meta_gradient(Scale(w0), task, opts, lr, batch_size=2)
     assert float(grads["w"]) == pytest.approx(w0 - w2, rel=1e-10)
 
 
 def test_meta_lowers_adapted_validation_and_saves_checkpoint(checkpoint, new_family, tmp_path):
     opts = meta_method.MetaOptions(
-        epochs=2,
-        inner_steps=1,
-        inner_lr=1e-2,
-        outer_lr=2e-3,
-        batch_size=10,
-        learn_inner_lr=True,
-        max_inner_lr=0.05,
+        inner_steps=1, inner_lr=1e-2, outer_lr=2e-3, learn_inner_lr=True, max_inner_lr=0.05
     )
-    res = finetune(str(checkpoint), new_family, 3, "meta", tmp_path, meta=opts, **RUN)
+    res = finetune(str(checkpoint), new_family, 3, "meta", tmp_path, options=opts, **RUN)
     assert res.best_val_loss < res.initial_val_loss
-    reloaded = load_model(res.model_path)
+    reloaded = load_model(res.paths["model"])
     assert torch.allclose(_out(reloaded), _out(res.model), atol=1e-6)
     lr_net = meta_method.InnerLR(num_families=1, max_lr=0.05)
-    lr_net.load_state_dict(load_file(res.inner_lr_path))
+    lr_net.load_state_dict(load_file(res.paths["inner_lr"]))
     assert 0.0 < float(lr_net(0, torch.zeros(8))) < 0.05
 
 
@@ -277,35 +274,17 @@ def test_physguard_forgets_less_than_full_finetuning_on_a_shifted_task():
 
 def test_physguard_lowers_validation_and_caches_its_basis(checkpoint, new_family, tmp_path):
     sim = list(family_trajectories("diffusion", 3, seed=1))  # the simulation data the checkpoint knows
-    opts = pg.PhysGuardOptions(n_samples=8, tau=0.5)
-    res = finetune(
-        str(checkpoint),
-        new_family,
-        3,
-        "physguard",
-        tmp_path / "a",
-        full=FAST,
-        physguard=opts,
-        sim_data=sim,
-        **RUN,
-    )
+    opts = pg.PhysGuardOptions(**asdict(FAST), n_samples=8, tau=0.5, sim_data=sim)
+    res = finetune(str(checkpoint), new_family, 3, "physguard", tmp_path / "a", options=opts, **RUN)
     assert res.best_val_loss < res.initial_val_loss
-    bases = pg.load_bases(res.basis_path, res.model)
+    bases = pg.load_bases(res.paths["basis"], res.model)
     eye = {n: torch.eye(U.shape[1], dtype=torch.float64) for n, U in bases.items()}
     assert bases and all(
         torch.allclose(U.double().T @ U.double(), eye[n], atol=1e-5) for n, U in bases.items()
     )
-    reloaded = load_model(res.model_path)
+    reloaded = load_model(res.paths["model"])
     assert torch.allclose(_out(reloaded), _out(res.model), atol=1e-6)
-    again = finetune(
-        str(checkpoint),
-        new_family,
-        3,
-        "physguard",
-        tmp_path / "b",
-        full=FAST,
-        basis=res.basis_path,
-        max_steps=1,
-        **RUN,
-    )
-    assert load_file(again.basis_path).keys() == bases.keys()
+    cached = pg.PhysGuardOptions(**asdict(FAST), basis=str(res.paths["basis"]))
+    run = RUN | {"train": TrainConfig(epochs=2, batch_size=10, max_steps=1)}
+    again = finetune(str(checkpoint), new_family, 3, "physguard", tmp_path / "b", options=cached, **run)
+    assert load_file(again.paths["basis"]).keys() == bases.keys()

@@ -1,8 +1,8 @@
 """Candidates of a study, each trained on the same few shots with the same budget by the finetune loop.
 
-A method adapts a pretrained checkpoint ("full": Poseidon's recipe; "lora": peft adapters; "physguard":
-Poseidon's recipe with Fisher-guided gradient projection protecting the pretraining data); a baseline
-("fno", "unet", "scot_scratch") starts from a seeded random initialisation. All use one step budget,
+A method adapts a pretrained checkpoint: every registered adaptation method that trains on the shots
+(`finetune.methods.registry`: "full", "lora", "physguard" and any plugin); a baseline ("fno", "unet",
+"scot_scratch") starts from a seeded random initialisation. All use one step budget,
 one batch size, the same all2all pairs and the same normalisation (fitted on the training shots).
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import torch
 
@@ -19,11 +20,19 @@ from eval_suite.baselines.registry import build_baseline, list_baselines
 from eval_suite.protocol import TrainedOperator, loss_slices
 from finetune.channels import load_for_fields
 from finetune.data import pair_dataset
-from finetune.methods import full, lora, physguard
-from finetune.trainer import TrainConfig, TrainResult, train
+from finetune.methods import physguard
+from finetune.methods.registry import MethodContext, get_method, method_names
+from finetune.trainer import TrainConfig, TrainResult, resolve_device, train
+from foundation.conditioning import extend_vocabulary
 from foundation.configuration_scot import ScOTConfig
 
-METHODS = ("full", "lora", "physguard")
+
+def study_methods() -> list[str]:
+    """Registered adaptation methods that train on the shots (meta-learning, which only meta-trains, is not)."""
+    return [m for m in method_names() if get_method(m).candidate]
+
+
+METHODS = tuple(study_methods())
 SCRATCH = "scot_scratch"
 ARCHITECTURE = (
     "image_size", "patch_size", "embed_dim", "depths", "num_heads", "skip_connections", "window_size",
@@ -59,15 +68,13 @@ class Budget:
 
 def check_candidates(names: Sequence[str], model: str | None) -> None:
     """Known names only, and a checkpoint wherever a method needs one."""
-    known = (*METHODS, *list_baselines())
-    unknown = [n for n in names if n not in known]
+    methods = study_methods()
+    unknown = [n for n in names if n not in (*methods, *list_baselines())]
     if unknown:
+        raise ValueError(f"unknown candidates {unknown}; methods: {methods}, baselines: {list_baselines()}")
+    if model is None and any(n in methods for n in names):
         raise ValueError(
-            f"unknown candidates {unknown}; methods: {list(METHODS)}, baselines: {list_baselines()}"
-        )
-    if model is None and any(n in METHODS for n in names):
-        raise ValueError(
-            f"methods {[n for n in names if n in METHODS]} adapt a pretrained checkpoint: pass --model"
+            f"methods {[n for n in names if n in methods]} adapt a pretrained checkpoint: pass --model"
         )
 
 
@@ -108,51 +115,66 @@ def fit_candidate(
     budget: Budget,
     seed: int,
     model: str | None = None,
+    options: Any = None,
+    state: dict | None = None,
     bases: dict[str, torch.Tensor] | None = None,
-    alpha: float = 1.0,
+    alpha: float | None = None,
     lr_scale: float = 1.0,
     **baseline_options,
 ) -> tuple[TrainedOperator, TrainResult]:
     """Build candidate `name`, train it on the all2all pairs of `train_trajs` and keep its best validation epoch.
 
-    `bases` (from `physguard_bases`) and `alpha` are PhysGuard's protected directions and strength;
-    `lr_scale` multiplies the candidate's learning rates (a method's group rates, a baseline's `budget.lr`),
-    the knob a learning-rate search turns; `baseline_options` size a baseline (e.g. `modes`, `width`);
-    seeded, so a run is reproducible.
+    A method is prepared by the registry with `options` (its options dataclass, default its defaults) and
+    `state` (what it computed once per study); `bases` (from `physguard_bases`) and `alpha` are PhysGuard's
+    protected directions and strength, for methods with PhysGuard's options. `lr_scale` multiplies the
+    candidate's learning rates (a method's group rates, a baseline's `budget.lr`), the knob a learning-rate
+    search turns; `baseline_options` size a baseline (e.g. `modes`, `width`); seeded, so a run is reproducible.
     """
     if not lr_scale > 0:
         raise ValueError(f"candidate {name!r}: lr_scale must be positive, got {lr_scale}")
     check_candidates([name], model)
-    if name == "physguard" and bases is None:
-        raise ValueError("candidate 'physguard' needs protected bases: pass the simulation data (--sim-data)")
     torch.manual_seed(seed)  # channel surgery and adapters initialise from the global generator
     fields = list(train_trajs[0].fields)
     normalizer = Normalizer.from_trajectories(train_trajs)
-    groups, transform = None, None
-    if name in METHODS:
+    config = budget.train_config(seed)
+    groups, transform, families = None, None, None
+    if name in study_methods():
+        spec = get_method(name)
+        opts = options if options is not None else spec.Options()
+        if isinstance(opts, physguard.PhysGuardOptions) and alpha is not None:
+            opts = replace(opts, alpha=alpha)
         net, layout = load_for_fields(model, fields)
-        if name == "lora":
-            net = lora.wrap(net)
-            groups = lora.param_groups(net)
-        else:
-            groups = full.poseidon_param_groups(net)
+        families = extend_vocabulary(net, [t.pde for t in [*train_trajs, *val_trajs]])
+        context = MethodContext(
+            pairs=lambda trajs: pair_dataset(
+                trajs, layout, normalizer, stride=budget.stride, families=families
+            ),
+            train=config,
+            device=resolve_device(config.device),
+            train_trajectories=list(train_trajs),
+            val_trajectories=list(val_trajs),
+            channels=list(layout),
+            families=families,
+            state={**(state or {}), **({"bases": bases} if bases is not None else {})},
+        )
+        net, groups = spec.prepare(net, opts, context)
         for group in groups:
-            group["lr"] *= lr_scale
-        if name == "physguard":
-            transform = physguard.Projector(net.to(budget.device), bases, alpha)
+            group["lr"] = group.get("lr", config.lr) * lr_scale
+        transform = spec.gradient_transform(net, opts, context)
     else:
         budget = replace(budget, lr=budget.lr * lr_scale)
+        config = budget.train_config(seed)
         layout = fields
         net = build_baseline(
             name, len(layout), channel_slices=loss_slices(layout), seed=seed, **baseline_options
         )
-    train_set = pair_dataset(train_trajs, layout, normalizer, stride=budget.stride)
-    val_set = pair_dataset(val_trajs, layout, normalizer, stride=budget.stride)
+    train_set = pair_dataset(train_trajs, layout, normalizer, stride=budget.stride, families=families)
+    val_set = pair_dataset(val_trajs, layout, normalizer, stride=budget.stride, families=families)
     result = train(
         net,
         train_set,
         val_set,
-        config=budget.train_config(seed),
+        config=config,
         param_groups=groups,
         grad_transform=transform,
     )

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from finetune.methods.registry import Method, MethodContext, register_method
+
 EMBEDDING_RECOVERY_KEYS = ("embeddings", "patch_recovery")
 PLAIN_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm2d)
 
@@ -23,9 +25,13 @@ class FullOptions:
     """Poseidon's fine-tuning learning rates and weight decay."""
 
     lr_backbone: float = 5e-5
+    """Learning rate of the backbone (`--lr` sets it)."""
     lr_embedding: float = 5e-4
+    """Learning rate of the embedding and recovery layers."""
     lr_time: float = 5e-4
+    """Learning rate of the time-conditioned norms' gamma(t)/beta(t)."""
     weight_decay: float = 1e-6
+    """AdamW weight decay (not on biases, norms and time norms)."""
 
 
 def time_norm_parameters(model: nn.Module) -> set[str]:
@@ -78,3 +84,16 @@ def poseidon_param_groups(model: nn.Module, options: FullOptions | None = None) 
             key = "backbone"
         groups[key]["params"].append(p)
     return [{"name": k, **g} for k, g in groups.items() if g["params"]]
+
+
+@register_method
+class Full(Method):
+    """Every parameter trained with Poseidon's learning-rate groups."""
+
+    name = "full"
+    Options = FullOptions
+    summary = "every parameter trained, with Poseidon's learning-rate groups (paper C.1)."
+    lr_field = "lr_backbone"
+
+    def prepare(self, model: nn.Module, options: FullOptions, context: MethodContext):
+        return model, poseidon_param_groups(model, options)

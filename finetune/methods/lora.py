@@ -15,11 +15,13 @@ trained fully through `modules_to_save`. Only the adapter is saved; `merge` fold
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
+
+from finetune.methods.registry import Method, MethodContext, register_method
 
 LORA_TARGETS = (
     "attention.self.query",
@@ -35,13 +37,20 @@ LORA_TARGETS = (
 
 @dataclass
 class LoraOptions:
-    """Adapter rank, scaling (alpha / rank, peft's convention), dropout and learning rate."""
+    """Adapter rank, scaling (alpha / rank, peft's convention), dropout, learning rate and merging."""
 
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
+    rank: int = field(default=8, metadata={"flag": "--lora-rank"})
+    """Adapter rank."""
+    alpha: float = field(default=16.0, metadata={"flag": "--lora-alpha"})
+    """Adapter alpha (scale alpha / rank)."""
+    dropout: float = field(default=0.0, metadata={"flag": "--lora-dropout"})
+    """Dropout on the adapter input."""
     lr: float = 1e-3
+    """Adapter learning rate (`--lr` sets it)."""
     weight_decay: float = 0.0
+    """AdamW weight decay of the adapters."""
+    merge: bool = False
+    """Also write the adapter merged into a plain model (`merged/`)."""
 
 
 def modules_to_save_for(model: nn.Module) -> list[str]:
@@ -97,3 +106,37 @@ def load_adapter(base: nn.Module, adapter: str | Path) -> PeftModel:
 def merged(model: PeftModel) -> nn.Module:
     """A plain copy of the base model with the adapter folded into its weights (the adapted model is kept)."""
     return copy.deepcopy(model).merge_and_unload()
+
+
+@register_method
+class Lora(Method):
+    """peft LoRA adapters on scOT's attention, MLP and ConvNeXt linears; only the adapter is saved."""
+
+    name = "lora"
+    Options = LoraOptions
+    summary = "low-rank adapters (peft LoRA) on every attention, MLP and ConvNeXt linear; the base is frozen."
+    lr_field = "lr"
+    artifacts = ("merged", "adapter")
+
+    def prepare(self, model: nn.Module, options: LoraOptions, context: MethodContext):
+        wrapped = wrap(model, options)
+        return wrapped, param_groups(wrapped, options)
+
+    def save(
+        self, model: PeftModel, out: Path, options: LoraOptions, context: MethodContext
+    ) -> dict[str, Path]:
+        from finetune.api import save_model
+
+        paths = {"adapter": save_adapter(model, out / "adapter")}
+        for name, text in context.files.items():
+            (paths["adapter"] / name).write_text(text)
+        if options.merge:
+            paths["merged"] = save_model(merged(model), out / "merged", context.files)
+            paths["model"] = paths["merged"]
+        return paths
+
+    def card(self, options: LoraOptions) -> str:
+        return (
+            f"LoRA adapters (rank {options.rank}, alpha {options.alpha}) trained with peft on a frozen base; "
+            "load them with `peft.PeftModel.from_pretrained(base, folder)` or use the merged model."
+        )

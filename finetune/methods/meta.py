@@ -12,46 +12,59 @@ and a query set. Per outer step (LeMON's `full_meta_updates`, lemon_physguard no
 With `learn_inner_lr` a small network maps the task (family and scaled coefficients) to its inner
 learning rate a = max_inner_lr * sigmoid(...) (LeMONS's per-task learning rate). Its first-order
 hyper-gradient is dL_query/da = -<grad L_query(theta'), sum_k clamp(g_k)>, the inner gradients held fixed.
+
+Updates are multi-tensor (`torch._foreach_*`) and losses stay on the device: a task costs no host sync (a
+learned inner learning rate is read once per task); losses are read once per epoch. Epochs, batch size, seed,
+device and the outer gradient clipping come from the run's training settings.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 from torch import nn
 from torch.func import functional_call
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from data_pipelines.normalization import Normalizer
-from data_pipelines.semigroup import PairDataset, coefficient_vector
+from data_pipelines.semigroup import coefficient_vector
+from finetune.methods.registry import Method, MethodContext, register_method
 from finetune.trainer import TrainResult, move_batch
 from foundation.pretrain.optimization import adamw
+
+INNER_LR_FILE = "inner_lr.safetensors"
 
 
 @dataclass
 class MetaOptions:
     """Meta-learning hyper-parameters (LeMON defaults where they exist: 5 inner steps, clamp 1, AdamW 1e-4)."""
 
-    algorithm: str = "fomaml"
+    algorithm: str = field(default="fomaml", metadata={"flag": "--meta-algorithm"})
+    """fomaml (first-order MAML) | reptile."""
     inner_steps: int = 5
+    """Inner SGD steps per task."""
     inner_lr: float = 1e-2
+    """Inner learning rate (the start value with --learn-inner-lr)."""
     inner_clip: float = 1.0
+    """Inner gradients are clamped to [-c, c] (LeMON: 1; 0 disables)."""
     outer_lr: float = 1e-4
+    """Outer AdamW learning rate (`--lr` sets it)."""
     weight_decay: float = 1e-4
-    grad_clip: float = 5.0
+    """Outer AdamW weight decay."""
     tasks_per_step: int = 1
+    """Tasks averaged per outer step."""
     support_fraction: float = 0.5
+    """Share of a task's pairs in its support set (the rest is the query set)."""
     learn_inner_lr: bool = False
+    """Learn a per-task inner learning rate from the family and coefficients (LeMONS)."""
     max_inner_lr: float = 0.1
-    epochs: int = 10
-    batch_size: int = 8
-    seed: int = 0
-    device: str = "cpu"
+    """Upper bound of the learned inner learning rate."""
 
     def __post_init__(self) -> None:
         if self.algorithm not in ("fomaml", "reptile"):
@@ -78,14 +91,14 @@ class Task:
 
 def make_tasks(
     trajectories: Sequence,
-    channels: Sequence[str],
-    normalizer: Normalizer | None = None,
+    pairs: Callable[[Sequence], Dataset],
     *,
     support_fraction: float = 0.5,
     seed: int = 0,
     families: Sequence[str] | None = None,
 ) -> list[Task]:
-    """Groups trajectories by (family, coefficients) and splits each group's all2all pairs into support/query."""
+    """Groups trajectories by (family, coefficients) and splits each group's pairs (`pairs(group)`) into
+    support and query; `families` numbers the families (default: sorted names of those present)."""
     groups: dict[tuple, list] = {}
     for traj in trajectories:
         key = (traj.pde, tuple(sorted((k, float(v)) for k, v in traj.params.items())))
@@ -94,19 +107,19 @@ def make_tasks(
     rng = np.random.default_rng(seed)
     tasks = []
     for (pde, params), trajs in groups.items():
-        pairs = PairDataset(trajs, channels, normalizer, families=families)
-        if len(pairs) < 2:
+        examples = pairs(trajs)
+        if len(examples) < 2:
             raise ValueError(
-                f"meta: task {pde} {dict(params)} has {len(pairs)} pair(s); support and query need 2"
+                f"meta: task {pde} {dict(params)} has {len(examples)} pair(s); support and query need 2"
             )
-        perm = rng.permutation(len(pairs)).tolist()
-        n_support = min(max(1, round(support_fraction * len(pairs))), len(pairs) - 1)
+        perm = rng.permutation(len(examples)).tolist()
+        n_support = min(max(1, round(support_fraction * len(examples))), len(examples) - 1)
         tasks.append(
             Task(
                 family=pde,
                 params=dict(params),
-                support=Subset(pairs, perm[:n_support]),
-                query=Subset(pairs, perm[n_support:]),
+                support=Subset(examples, perm[:n_support]),
+                query=Subset(examples, perm[n_support:]),
                 family_index=names.index(pde),
                 coefficients=torch.from_numpy(coefficient_vector(pde, dict(params))),
             )
@@ -131,22 +144,32 @@ class InnerLR(nn.Module):
 
 def _loss_and_grads(
     model: nn.Module, params: dict[str, torch.Tensor], data: Dataset, batch_size: int, device: str
-) -> tuple[float, dict[str, torch.Tensor]]:
-    """The example-weighted mean loss of `data` at weights `params` and its gradient."""
-    total, count = 0.0, 0
-    grads = {n: torch.zeros_like(p) for n, p in params.items()}
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The example-weighted mean loss of `data` at weights `params` (a device scalar) and its gradient, one
+    tensor per entry of `params`."""
     leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+    grads = [torch.zeros_like(p) for p in leaves.values()]
+    total, count = None, 0
     for batch in DataLoader(data, batch_size=batch_size, shuffle=False):
         batch = move_batch(batch, device)
         n = batch["pixel_values"].shape[0]
         loss = functional_call(model, leaves, args=(), kwargs=batch, strict=False).loss
-        grads_b = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-        for name, g in zip(leaves, grads_b, strict=True):
-            if g is not None:
-                grads[name] += g * n
-        total += float(loss.detach()) * n
+        parts = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+        used = [(g, part) for g, part in zip(grads, parts, strict=True) if part is not None]
+        if used:
+            torch._foreach_add_([g for g, _ in used], [part for _, part in used], alpha=n)
+        total = loss.detach() * n if total is None else total + loss.detach() * n
         count += n
-    return total / count, {n: g / count for n, g in grads.items()}
+    torch._foreach_div_(grads, count)
+    return total / count, grads
+
+
+def _sgd_step(fast: list[torch.Tensor], grads: list[torch.Tensor], lr: float | torch.Tensor) -> None:
+    """fast <- fast - lr * grads in place (lr a number or a device scalar)."""
+    if isinstance(lr, torch.Tensor):
+        torch._foreach_sub_(fast, torch._foreach_mul(grads, lr))
+    else:
+        torch._foreach_add_(fast, grads, alpha=-lr)
 
 
 def adapt(
@@ -155,29 +178,37 @@ def adapt(
     support: Dataset,
     *,
     steps: int,
-    lr: float,
+    lr: float | torch.Tensor,
     clip: float,
     batch_size: int,
     device: str = "cpu",
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
     """`steps` SGD steps on the full support set from `params`; returns the adapted weights and the sum of
     the (clamped) inner gradients. The model's own parameters are not touched."""
-    fast = {n: p.detach().clone() for n, p in params.items()}
-    summed = {n: torch.zeros_like(p) for n, p in params.items()}
+    names = list(params)
+    fast = [p.detach().clone() for p in params.values()]
+    summed = [torch.zeros_like(p) for p in fast]
     for _ in range(steps):
-        _, grads = _loss_and_grads(model, fast, support, batch_size, device)
-        for n, g in grads.items():
-            if clip and clip > 0:
-                g = g.clamp(-clip, clip)
-            summed[n] += g
-            fast[n] = fast[n] - lr * g
-    return fast, summed
+        _, grads = _loss_and_grads(model, dict(zip(names, fast, strict=True)), support, batch_size, device)
+        if clip and clip > 0:
+            torch._foreach_clamp_min_(grads, -clip)
+            torch._foreach_clamp_max_(grads, clip)
+        torch._foreach_add_(summed, grads)
+        _sgd_step(fast, grads, lr)
+    return dict(zip(names, fast, strict=True)), summed
 
 
 def meta_gradient(
-    model: nn.Module, task: Task, options: MetaOptions, lr: float
-) -> tuple[dict[str, torch.Tensor], float, float]:
-    """(meta-gradient per trainable parameter, query loss after adaptation, dL_query/d inner_lr)."""
+    model: nn.Module,
+    task: Task,
+    options: MetaOptions,
+    lr: float | torch.Tensor,
+    *,
+    batch_size: int = 8,
+    device: str = "cpu",
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """(meta-gradient per trainable parameter, query loss after adaptation, dL_query/d inner_lr), the two
+    numbers as device scalars (no host sync)."""
     theta = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     fast, summed = adapt(
         model,
@@ -186,29 +217,40 @@ def meta_gradient(
         steps=options.inner_steps,
         lr=lr,
         clip=options.inner_clip,
-        batch_size=options.batch_size,
-        device=options.device,
+        batch_size=batch_size,
+        device=device,
     )
-    query_loss, query_grads = _loss_and_grads(model, fast, task.query, options.batch_size, options.device)
-    hyper = -sum(float((query_grads[n] * summed[n]).sum()) for n in theta)
+    query_loss, query_grads = _loss_and_grads(model, fast, task.query, batch_size, device)
+    dots = torch._foreach_mul(query_grads, summed)
+    hyper = -torch.stack([d.sum() for d in dots]).sum()
     if options.algorithm == "reptile":
-        return {n: theta[n] - fast[n] for n in theta}, query_loss, hyper
-    return query_grads, query_loss, hyper
+        moved = torch._foreach_sub(list(theta.values()), list(fast.values()))
+        return dict(zip(theta, moved, strict=True)), query_loss, hyper
+    return dict(zip(theta, query_grads, strict=True)), query_loss, hyper
+
+
+def _inner_lr(lr_net: InnerLR | None, task: Task, options: MetaOptions) -> torch.Tensor | float:
+    if lr_net is None:
+        return options.inner_lr
+    return lr_net(task.family_index, task.coefficients)
 
 
 def adapted_loss(
-    model: nn.Module, tasks: Sequence[Task], options: MetaOptions, lr_net: InnerLR | None = None
+    model: nn.Module,
+    tasks: Sequence[Task],
+    options: MetaOptions,
+    lr_net: InnerLR | None = None,
+    *,
+    batch_size: int = 8,
+    device: str = "cpu",
 ) -> float:
-    """Mean query loss over `tasks` after inner-loop adaptation on each task's support set."""
+    """Mean query loss over `tasks` after inner-loop adaptation on each task's support set (one host read)."""
     losses = []
     for task in tasks:
-        lr = (
-            float(lr_net(task.family_index, task.coefficients).detach())
-            if lr_net is not None
-            else options.inner_lr
-        )
-        losses.append(meta_gradient(model, task, options, lr)[1])
-    return float(np.mean(losses))
+        lr = _inner_lr(lr_net, task, options)
+        lr = lr.detach() if isinstance(lr, torch.Tensor) else lr
+        losses.append(meta_gradient(model, task, options, lr, batch_size=batch_size, device=device)[1])
+    return float(torch.stack(losses).mean())
 
 
 def meta_train(
@@ -216,6 +258,12 @@ def meta_train(
     train_tasks: Sequence[Task],
     val_tasks: Sequence[Task],
     options: MetaOptions | None = None,
+    *,
+    epochs: int = 10,
+    batch_size: int = 8,
+    seed: int = 0,
+    device: str = "cpu",
+    grad_clip: float = 5.0,
 ) -> tuple[TrainResult, InnerLR | None]:
     """Meta-trains `model` in place; keeps the weights with the best adapted validation query loss."""
     opts = options or MetaOptions()
@@ -223,18 +271,19 @@ def meta_train(
         raise ValueError(
             f"meta: need training and validation tasks, got {len(train_tasks)} and {len(val_tasks)}"
         )
-    torch.manual_seed(opts.seed)
-    rng = random.Random(opts.seed)
-    model.to(opts.device).train()
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    model.to(device).train()
     lr_net = None
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": params, "lr": opts.outer_lr, "weight_decay": opts.weight_decay}]
     if opts.learn_inner_lr:
         num_families = 1 + max(t.family_index for t in [*train_tasks, *val_tasks])
-        lr_net = InnerLR(num_families, max_lr=opts.max_inner_lr).to(opts.device)
+        lr_net = InnerLR(num_families, max_lr=opts.max_inner_lr).to(device)
         groups.append({"params": list(lr_net.parameters()), "lr": opts.outer_lr, "weight_decay": 0.0})
     optimizer = adamw(groups)
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    run = dict(batch_size=batch_size, device=device)
 
     def snapshot():
         state = {n: p.detach().clone() for n, p in named.items()}
@@ -242,37 +291,36 @@ def meta_train(
 
     result = TrainResult()
     best = snapshot()
-    result.best_val_loss = adapted_loss(model, val_tasks, opts, lr_net)
+    result.best_val_loss = adapted_loss(model, val_tasks, opts, lr_net, **run)
     result.history.append({"epoch": 0, "step": 0, "train_loss": math.nan, "val_loss": result.best_val_loss})
-    for epoch in range(1, opts.epochs + 1):
+    for epoch in range(1, epochs + 1):
         order = list(train_tasks)
         rng.shuffle(order)
         query_losses = []
         for start in range(0, len(order), opts.tasks_per_step):
             chunk = order[start : start + opts.tasks_per_step]
             optimizer.zero_grad(set_to_none=True)
-            acc = {n: torch.zeros_like(p) for n, p in named.items()}
+            acc = [torch.zeros_like(p) for p in named.values()]
             for task in chunk:
-                lr_t = lr_net(task.family_index, task.coefficients) if lr_net is not None else None
-                lr = float(lr_t.detach()) if lr_t is not None else opts.inner_lr
-                grads, q_loss, hyper = meta_gradient(model, task, opts, lr)
-                for n, g in grads.items():
-                    acc[n] += g / len(chunk)
-                if lr_t is not None:
-                    lr_t.backward(torch.tensor(hyper / len(chunk), device=lr_t.device))
+                lr_t = _inner_lr(lr_net, task, opts)
+                lr = lr_t.detach() if isinstance(lr_t, torch.Tensor) else lr_t
+                grads, q_loss, hyper = meta_gradient(model, task, opts, lr, **run)
+                torch._foreach_add_(acc, [grads[n] for n in named], alpha=1.0 / len(chunk))
+                if isinstance(lr_t, torch.Tensor):
+                    lr_t.backward(hyper / len(chunk))
                 query_losses.append(q_loss)
-            for n, p in named.items():
-                p.grad = acc[n]
-            if opts.grad_clip and opts.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, opts.grad_clip)
+            for p, g in zip(named.values(), acc, strict=True):
+                p.grad = g
+            if grad_clip and grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
             optimizer.step()
             result.steps += 1
-        val_loss = adapted_loss(model, val_tasks, opts, lr_net)
+        val_loss = adapted_loss(model, val_tasks, opts, lr_net, **run)
         result.history.append(
             {
                 "epoch": epoch,
                 "step": result.steps,
-                "train_loss": float(np.mean(query_losses)),
+                "train_loss": float(torch.stack(query_losses).mean()),
                 "val_loss": val_loss,
             }
         )
@@ -280,9 +328,53 @@ def meta_train(
             result.best_val_loss, result.best_epoch = val_loss, epoch
             best = snapshot()
     with torch.no_grad():
-        for n, p in named.items():
-            p.copy_(best[0][n])
+        torch._foreach_copy_(list(named.values()), [best[0][n] for n in named])
     if lr_net is not None:
         lr_net.load_state_dict(best[1])
     model.eval()
     return result, lr_net
+
+
+@register_method
+class Meta(Method):
+    """Meta-learned initialisation over tasks (family x coefficient set) with its own outer loop."""
+
+    name = "meta"
+    Options = MetaOptions
+    summary = (
+        "a meta-learned initialisation (first-order MAML or Reptile over family x coefficient tasks, LeMON), "
+        "to be fine-tuned later."
+    )
+    lr_field = "outer_lr"
+    candidate = False
+
+    def fit(self, model: nn.Module, options: MetaOptions, context: MethodContext) -> TrainResult:
+        train = context.train
+        task_args = dict(
+            support_fraction=options.support_fraction, seed=train.seed, families=context.families
+        )
+        train_tasks = make_tasks(context.train_trajectories, context.pairs, **task_args)
+        val_tasks = make_tasks(context.val_trajectories, context.pairs, **task_args)
+        result, lr_net = meta_train(
+            model,
+            train_tasks,
+            val_tasks,
+            options,
+            epochs=train.epochs,
+            batch_size=train.batch_size,
+            seed=train.seed,
+            device=context.device,
+            grad_clip=train.max_grad_norm,
+        )
+        context.state["inner_lr"] = lr_net
+        return result
+
+    def save(
+        self, model: nn.Module, out: Path, options: MetaOptions, context: MethodContext
+    ) -> dict[str, Path]:
+        paths = super().save(model, out, options, context)
+        lr_net = context.state.get("inner_lr")
+        if lr_net is not None:
+            paths["inner_lr"] = out / INNER_LR_FILE
+            save_file(lr_net.state_dict(), str(paths["inner_lr"]), metadata={"max_lr": str(lr_net.max_lr)})
+        return paths

@@ -18,8 +18,9 @@ Unlike the reference implementation, tensors with few entries are not special-ca
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -27,26 +28,36 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from finetune.methods.full import FullOptions, poseidon_param_groups
+from finetune.methods.registry import GradTransform, Method, MethodContext, register_method
 from finetune.trainer import FORWARD_KEYS
 
 BASIS_FILE = "physguard_basis.safetensors"
 
 
 @dataclass
-class PhysGuardOptions:
-    """tau: energy cutoff; alpha: projection strength; n_samples: simulation examples; max_rank: cap per tensor.
+class PhysGuardOptions(FullOptions):
+    """Full fine-tuning's learning rates plus the protection: which simulation data, how much, how strongly."""
 
-    `protected` restricts protection to parameters whose name contains one of the substrings (empty = all).
-    """
-
+    sim_data: str | None = None
+    """Simulation (pretraining) data whose Fisher directions are protected: file, corpus folder or Hub id
+    (from Python also a list of trajectories)."""
+    basis: str | None = None
+    """A cached physguard_basis.safetensors to use instead of computing one from sim_data."""
     tau: float = 0.9
+    """Cumulative eigen-energy cutoff of each tensor's protected rank (<= 0: always max_rank)."""
     alpha: float = 1.0
-    n_samples: int = 200
+    """Projection strength (1: remove the protected components of every gradient)."""
+    n_samples: int = field(default=200, metadata={"flag": "--fisher-samples"})
+    """Simulation examples of the empirical Fisher."""
     max_rank: int = 200
+    """Maximum protected rank per parameter tensor."""
     protected: tuple[str, ...] = ()
-    chunk_size: int = 8
-    storage_dtype: torch.dtype = torch.float16
-    seed: int = 0
+    """Protect only parameters whose name contains one of these substrings (default: all)."""
+    chunk_size: int = field(default=8, metadata={"flag": "--fisher-chunk-size"})
+    """Examples per vmapped per-sample-gradient chunk."""
+    storage_dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    """Precision of the stored bases."""
 
 
 def _protected_names(model: nn.Module, substrings: Sequence[str]) -> list[str]:
@@ -148,15 +159,16 @@ def protected_basis(gradients: torch.Tensor, tau: float, max_rank: int) -> torch
 
 
 def compute_bases(
-    model: nn.Module, sim_data: Dataset, options: PhysGuardOptions | None = None
+    model: nn.Module, sim_data: Dataset, options: PhysGuardOptions | None = None, *, seed: int = 0
 ) -> dict[str, torch.Tensor]:
     """Protected bases `{parameter name: U [numel, k]}` from `n_samples` simulation examples (k = 0 omitted)."""
     opts = options or PhysGuardOptions()
     names = _protected_names(model, opts.protected)
     if not names:
         raise ValueError(f"PhysGuard: no trainable parameter matches protected={list(opts.protected)}")
-    data = _sample(sim_data, opts.n_samples, opts.seed)
-    grads = per_sample_gradients(model, data, names, chunk_size=opts.chunk_size, dtype=opts.storage_dtype)
+    data = _sample(sim_data, opts.n_samples, seed)
+    dtype = getattr(torch, opts.storage_dtype)
+    grads = per_sample_gradients(model, data, names, chunk_size=opts.chunk_size, dtype=dtype)
     bases = {n: protected_basis(grads.pop(n), opts.tau, opts.max_rank) for n in names}
     return {n: U for n, U in bases.items() if U.shape[1] > 0}
 
@@ -202,3 +214,53 @@ class Projector:
                 continue
             g = p.grad.view(-1)
             g.addmv_(U, U.T @ g, alpha=-self.alpha)  # g - alpha U (U^T g), without a temporary of g's size
+
+
+@register_method
+class PhysGuard(Method):
+    """Full fine-tuning with gradients projected off the simulation data's top Fisher directions."""
+
+    name = "physguard"
+    Options = PhysGuardOptions
+    summary = (
+        "Poseidon's full fine-tuning with every gradient projected off the top empirical-Fisher directions of "
+        "the simulation data (PhysGuard), so that what the model knows of it is kept."
+    )
+    lr_field = "lr_backbone"
+
+    def prepare(self, model: nn.Module, options: PhysGuardOptions, context: MethodContext):
+        if "bases" not in context.state:
+            if options.basis is not None:
+                context.state["bases"] = load_bases(options.basis, model)
+            elif options.sim_data is not None:
+                from finetune.data import load_trajectories
+
+                sim = context.pairs(load_trajectories(options.sim_data))
+                context.state["bases"] = compute_bases(
+                    model.to(context.device), sim, options, seed=context.train.seed
+                )
+            else:
+                raise ValueError(
+                    "physguard needs protected bases: give sim_data (the simulation data to protect, "
+                    "--sim-data) or a cached basis (--basis)"
+                )
+        return model, poseidon_param_groups(model, options)
+
+    def gradient_transform(
+        self, model: nn.Module, options: PhysGuardOptions, context: MethodContext
+    ) -> GradTransform:
+        return Projector(model.to(context.device), context.state["bases"], options.alpha)
+
+    def save(
+        self, model: nn.Module, out: Path, options: PhysGuardOptions, context: MethodContext
+    ) -> dict[str, Path]:
+        paths = super().save(model, out, options, context)
+        paths["basis"] = save_bases(context.state["bases"], out / BASIS_FILE, options)
+        return paths
+
+    def card(self, options: PhysGuardOptions) -> str:
+        return (
+            f"PhysGuard: gradients projected off the top Fisher directions of {options.n_samples} simulation "
+            f"examples (tau {options.tau}, at most {options.max_rank} per tensor, alpha {options.alpha}); the "
+            f"bases are in `{BASIS_FILE}`."
+        )
