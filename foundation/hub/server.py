@@ -561,8 +561,8 @@ class HubHandler(BaseHTTPRequestHandler):
         return out if limit is None else out[: max(limit, 0)]
 
     def _preupload(self, repo_type: str, repo_id: str, rev: str):
-        """Binary files (a NUL byte in the sample, git's test) and files of ``--lfs-threshold-mb`` or more go
-        through LFS ("lfs"), as on the Hub; small text files are inlined in the commit ("regular").
+        """Binary files (a NUL byte in the sample, git's test) and files of ``--lfs-threshold-mb`` or more are
+        "lfs" files (Xet or LFS upload), as on the Hub; small text files are inlined in the commit ("regular").
 
         ``oid`` is what the client compares with its own to skip unchanged files: the sha256 for LFS
         files, the git sha1 for inline ones.
@@ -1013,7 +1013,7 @@ def main(argv: list[str] | None = None) -> None:
         "--lfs-threshold-mb",
         type=float,
         default=10,
-        help="files this large or larger are uploaded through LFS",
+        help="files this large (MB) or larger, and binary files, go through Xet or LFS instead of inline",
     )
     args = p.parse_args(argv)
     if args.token is not None:
