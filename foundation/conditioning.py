@@ -3,9 +3,16 @@
 Poseidon: y = gamma(t) * LN(x) + beta(t) with gamma, beta = Linear(1, d)(t) (keys `weight.*` / `bias.*`).
 pdefm's operator conditioning adds a zero-initialised Linear(E, 2d) of an embedding of the PDE family and its
 coefficients, so a conditioned model starts out computing exactly what the unconditioned one does.
+
+The PDE vocabulary (`ScOTConfig.pde_vocabulary`) names the families: `pde_id` i is the i-th name, and it is
+saved in config.json with the weights. Pretraining builds it from the corpus (`build_vocabulary`),
+fine-tuning on a new family appends to it (`extend_vocabulary`, existing ids unchanged, the family
+embedding grown when full) and zero-shot prediction looks families up in it (`operator_inputs`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -83,3 +90,68 @@ class OperatorEmbedding(nn.Module):
     def forward(self, pde_id: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
         family = self.family(pde_id)
         return self.mlp(torch.cat([family, coefficients.to(family.dtype)], dim=-1))
+
+
+def build_vocabulary(families: Iterable[str]) -> list[str]:
+    """The PDE vocabulary of a model pretrained on `families`: the distinct names, sorted (ids = positions)."""
+    vocabulary = sorted(set(families))
+    if not vocabulary:
+        raise ValueError("operator conditioning: no PDE family to build a vocabulary from")
+    return vocabulary
+
+
+def _conditioned(model: nn.Module):
+    config = getattr(model, "config", None)
+    return config if getattr(config, "use_operator_conditioning", False) else None
+
+
+def extend_vocabulary(model: nn.Module, families: Iterable[str]) -> list[str] | None:
+    """The vocabulary of an operator-conditioned `model` with the unknown `families` appended (in order of
+    appearance), or None for a model without operator conditioning.
+
+    Existing ids are kept. When the vocabulary outgrows the family embedding, the embedding gets new rows
+    (and `config.num_pde_families` follows); every new family's row starts at the mean of the known
+    families' rows, so it begins as an average known operator.
+    """
+    config = _conditioned(model)
+    if config is None:
+        return None
+    vocabulary = list(config.pde_vocabulary or [])
+    known = len(vocabulary)
+    vocabulary += [f for f in dict.fromkeys(families) if f not in vocabulary]
+    if len(vocabulary) == known:
+        return vocabulary
+    embedding = model.get_submodule("operator_embedding").family
+    with torch.no_grad():
+        if len(vocabulary) > embedding.num_embeddings:
+            grown = nn.Embedding(len(vocabulary), embedding.embedding_dim)
+            grown.to(embedding.weight.device, embedding.weight.dtype)
+            grown.weight[: embedding.num_embeddings] = embedding.weight
+            model.get_submodule("operator_embedding").family = grown
+            embedding = grown
+            config.num_pde_families = len(vocabulary)
+        if known:
+            embedding.weight[known : len(vocabulary)] = embedding.weight[:known].mean(0)
+    config.pde_vocabulary = vocabulary
+    return vocabulary
+
+
+def operator_inputs(config, pdes: Sequence[str], params: Sequence[dict]) -> dict[str, torch.Tensor]:
+    """`pde_id` [B] and `coefficients` [B, K] for samples of families `pdes` with coefficients `params`, as an
+    operator-conditioned model takes them (empty for other models); an unknown family is a ValueError."""
+    if not getattr(config, "use_operator_conditioning", False):
+        return {}
+    from data_pipelines.semigroup import coefficient_vector
+
+    vocabulary = list(config.pde_vocabulary or [])
+    unknown = sorted(set(pdes) - set(vocabulary))
+    if unknown:
+        raise ValueError(
+            f"operator conditioning: families {unknown} are not in the model's pde_vocabulary {vocabulary}; "
+            "fine-tune on them first (that extends the vocabulary)"
+        )
+    ids = torch.tensor([vocabulary.index(p) for p in pdes], dtype=torch.int64)
+    coefficients = torch.stack(
+        [torch.from_numpy(coefficient_vector(p, q)) for p, q in zip(pdes, params, strict=True)]
+    )
+    return {"pde_id": ids, "coefficients": coefficients[:, : config.num_coefficients]}
