@@ -5,7 +5,7 @@ so a package adds its commands without this file, or any lower package, importin
 A group's module is imported only when that group runs (or when `pdefm --help` lists it).
 
 Error contract: a user mistake (ValueError, a missing or unwritable path, an unknown name, a damaged corpus
-or checkpoint, a Hub refusal, a usage error) is printed as one line ``error: ...`` on stderr with exit code
+or checkpoint, a Hub refusal or an unreachable Hub, a usage error) is printed as one line ``error: ...`` on stderr with exit code
 2; ``pdefm --debug COMMAND`` or ``PDEFM_DEBUG=1`` shows its traceback instead. Any other
 exception is a bug and keeps its traceback. Commands raise; none of them needs to catch anything.
 """
@@ -38,6 +38,8 @@ USER_ERRORS = (
 )
 # The packages' own error classes that are not ValueErrors, by name (importing them here would load torch).
 USER_ERROR_NAMES = {"CheckpointError", "CorpusError", "FormatError", "HubError"}
+# HTTP client libraries whose exceptions are transport failures (huggingface_hub's come through these)
+NETWORK_MODULES = {"httpx", "httpx2", "httpcore", "httpcore2", "requests", "urllib3"}
 
 
 def is_user_error(exc: BaseException) -> bool:
@@ -49,8 +51,17 @@ def is_user_error(exc: BaseException) -> bool:
         return True
     if type(exc).__module__.startswith("huggingface_hub"):  # repo not found, no token, offline, ...
         return True
+    if is_network_error(exc):
+        return True
     # the registries' "unknown family/baseline 'x'; known ..." (a bug's KeyError is a bare key)
     return isinstance(exc, KeyError) and len(exc.args) == 1 and " " in str(exc.args[0])
+
+
+def is_network_error(exc: BaseException) -> bool:
+    """No route to the Hub (DNS, refused connection, timeout): the environment, not a bug."""
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    return type(exc).__module__.split(".")[0] in NETWORK_MODULES
 
 
 def one_line(exc: BaseException) -> str:
@@ -64,6 +75,9 @@ def one_line(exc: BaseException) -> str:
         text = str(exc.args[0])
     else:
         text = str(exc) or type(exc).__name__
+    if is_network_error(exc) and not type(exc).__module__.startswith("huggingface_hub"):
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+        text = f"cannot reach the Hub at {endpoint} (HF_ENDPOINT): {type(exc).__name__}: {text}"
     return " ".join(text.split())
 
 
