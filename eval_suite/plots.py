@@ -93,14 +93,18 @@ def plot_scaling(
     fit=None,
     flagged: Sequence[float] = (),
     ylabel: str = "downstream error",
+    references: Mapping[str, float] | None = None,
+    runs: Mapping[float, Sequence[float]] | None = None,
 ) -> Path:
-    """One axis of a scaling study on log-log axes: mean ± std per x, the fitted law dashed, and points
-    whose runs differ in more than this axis circled in red."""
+    """One axis of a scaling study on log-log axes: mean ± std per x (each run a small dot), the fitted law
+    dashed, points whose runs differ in more than this axis circled in red, and reference levels dotted."""
     fig, ax = plt.subplots(figsize=(5.5, 4))
     xs = np.array(sorted(points), dtype=float)
     mean = np.array([points[x][0] for x in sorted(points)])
     std = np.array([points[x][1] for x in sorted(points)])
-    ax.errorbar(xs, mean, yerr=std, marker="o", capsize=3, label="runs (mean ± std)")
+    ax.errorbar(xs, mean, yerr=std, marker="o", capsize=3, label="mean ± std over runs")
+    for x, errors in (runs or {}).items():
+        ax.scatter([x] * len(errors), errors, s=12, color="k", alpha=0.5, zorder=3)
     if fit is not None and len(xs) > 1:
         grid = np.geomspace(xs.min(), xs.max(), 100)
         ax.plot(grid, fit.predict(grid), "--", alpha=0.7, label=f"fit: alpha = {fit.alpha:.3g}")
@@ -108,8 +112,13 @@ def plot_scaling(
     if marked:
         ax.scatter(marked, [points[x][0] for x in marked], s=160, facecolors="none", edgecolors="red",
                    label="differs in more than this axis")  # fmt: skip
+    for (name, level), style in zip((references or {}).items(), ("--", ":", "-."), strict=False):
+        ax.axhline(level, color="grey", ls=style, lw=1.2, label=name)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    if len(xs) <= 8 and xs.max() / xs.min() < 100:  # few values within two decades: label them plainly
+        ax.set_xticks(xs, [f"{x:.4g}" for x in xs])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
@@ -134,8 +143,8 @@ def plot_lines(
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, (xs, ys) in series.items():
         ax.plot(xs, ys, marker=".", label=name)
-    for name, level in (references or {}).items():
-        ax.axhline(level, color="grey", ls="--", lw=1, label=name)
+    for (name, level), style in zip((references or {}).items(), ("--", ":", "-."), strict=False):
+        ax.axhline(level, color="grey", ls=style, lw=1.2, label=name)
     if frontier is not None and len(frontier[0]):
         ax.step(frontier[0], frontier[1], "k-", where="post", lw=1.5, alpha=0.8, label="frontier")
         ax.scatter(frontier[0], frontier[1], color="k", zorder=3, s=18)
@@ -145,6 +154,6 @@ def plot_lines(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(True, which="both", alpha=0.3)
     return _save(fig, path)

@@ -124,18 +124,18 @@ def run_scaling(
         for seed in cfg.seeds:
             families, per_family, width = _plan(cfg, value)
             corpus = out / "corpora" / f"{'+'.join(families)}-{per_family}-seed{seed}"
-            generate_corpus(
-                corpus,
-                [get_family(n) for n in families],
-                per_family,
-                resolution=cfg.resolution,
-                snapshots=cfg.snapshots,
-                seed=seed,
-                progress=False,
-            )
             label = f"{cfg.axis}-{value}-seed{seed}"
             run = out / "runs" / label
-            if not (run / "model" / "train_summary.json").exists():
+            if not (run / "model" / "train_summary.json").exists():  # a finished run is reused as it is
+                generate_corpus(
+                    corpus,
+                    [get_family(n) for n in families],
+                    per_family,
+                    resolution=cfg.resolution,
+                    snapshots=cfg.snapshots,
+                    seed=seed,
+                    progress=False,
+                )
                 log(f"scaling: pretraining {label} (width {width}, {per_family} trajectories of {families})")
                 pretrain(
                     PretrainConfig(
@@ -159,6 +159,7 @@ def run_scaling(
                 )
             runs.append(str(run))
             labels.append(label)
+    references = untrained_reference(runs[-len(cfg.seeds) :], cfg.seeds, log)
     context = {
         "pretrained here": f"{len(runs)} `pdefm pretrain` runs under runs/ ({VALUE_LABEL[cfg.axis]} {values}, "
         f"seeds {cfg.seeds}), each {cfg.steps} steps of batch {cfg.batch_size} at learning rate "
@@ -172,5 +173,37 @@ def run_scaling(
         config=RunsScalingConfig(axis=cfg.axis, bootstrap=cfg.bootstrap),
         labels=labels,
         context=context,
+        references=references,
         log=log,
     )
+
+
+def untrained_reference(runs: Sequence[str], seeds: Sequence[int], log) -> dict[str, dict]:
+    """The runs' downstream tasks scored on their architecture with random weights (one per seed): the
+    error with no pretraining at all, against which every point of the axis reads. Cached in the run folder."""
+    import json
+
+    import torch
+
+    from data_pipelines.normalization import Normalizer
+    from foundation.configuration_scot import ScOTConfig
+    from foundation.modeling_scot import ScOT
+    from foundation.pretrain.downstream import DownstreamSuite
+
+    errors = {}
+    for run, seed in zip(runs, seeds, strict=True):
+        cache = Path(run) / "untrained_reference.json"
+        if not cache.exists():
+            log(f"scaling: scoring the untrained reference of {Path(run).name}")
+            args = PretrainConfig(**json.loads((Path(run) / "training_args.json").read_text()))
+            config = ScOTConfig.from_pretrained(Path(run) / "model")
+            torch.manual_seed(seed)
+            suite = DownstreamSuite(
+                args.downstream,
+                config.field_names,
+                Normalizer.from_json(Path(args.corpus[0]) / "stats.json"),
+                args,
+            )
+            cache.write_text(json.dumps(suite.score(ScOT(config))))
+        errors[str(seed)] = json.loads(cache.read_text())
+    return {"untrained (same architecture, random weights)": errors}

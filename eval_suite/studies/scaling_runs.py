@@ -189,12 +189,14 @@ def run_scaling_runs(
     config: RunsScalingConfig | None = None,
     labels: Sequence[str] | None = None,
     context: dict | None = None,
+    references: dict[str, dict] | None = None,
     log: Callable[[str], None] = lambda _: None,
 ) -> dict:
     """Fit the runs' downstream error along `config.axis`; writes report.md, metrics.json and figures to `out`.
 
     `labels` name the runs in tables and figures; `context` (how the runs were made, when known) goes into
-    the report's setup and metrics.json.
+    the report's setup and metrics.json; `references` ({name: {seed: metric rows}}, e.g. the architecture
+    untrained) are scored like the runs and drawn beside them.
     """
     cfg = config or RunsScalingConfig()
     if cfg.axis not in AXES:
@@ -237,14 +239,18 @@ def run_scaling_runs(
         p["mean"], p["std"] = float(np.mean(p["errors"])), float(np.std(p["errors"]))
     xs = sorted(points)
     law, fit = None, {}
-    try:
+    try:  # through every run, so that seeds count as replicates in the intervals
         law = fit_power_law(
-            xs, [points[x]["mean"] for x in xs], with_offset=len(xs) >= 4, bootstrap=cfg.bootstrap
+            [r["x"] for r in per_run.values()],
+            [r["error"] for r in per_run.values()],
+            with_offset=len(xs) >= 4,
+            bootstrap=cfg.bootstrap,
         )
         fit = law.to_dict()
     except (ValueError, RuntimeError) as err:
         fit = {"unavailable": str(err)}
     joint = _joint(runs, per_run, cfg)
+    levels = _reference_levels(references or {}, tasks, cfg.metric)
 
     figs = {
         "scaling": plots.plot_scaling(
@@ -255,8 +261,10 @@ def run_scaling_runs(
             fit=law,
             flagged=[per_run[label]["x"] for label in flags],
             ylabel=f"downstream {cfg.metric}",
+            references={**_persistence_level(per_run), **levels},
+            runs={x: p["errors"] for x, p in points.items()},
         ),
-        "curves": _curves_figure(runs, tasks, cfg.metric, out, _persistence_level(per_run)),
+        "curves": _curves_figure(runs, tasks, cfg.metric, out, {**_persistence_level(per_run), **levels}),
     }
     frontier = None
     if cfg.axis == "compute":
@@ -269,7 +277,8 @@ def run_scaling_runs(
         "symbol": symbol,
         "tasks": tasks,
         "metric": cfg.metric,
-        "headline": f"{cfg.metric}: each run's last downstream record, mean over tasks; points: mean ± std over runs",
+        "headline": f"{cfg.metric}: each run's last downstream record, mean over tasks; points: mean ± std over "
+        "runs; the law is fitted through every run",
         "config": cfg.to_dict(),
         "runs": per_run,
         "evaluated_here": evaluated,
@@ -278,6 +287,7 @@ def run_scaling_runs(
         "fit": fit,
         "joint_fit": joint,
         "frontier": frontier,
+        "references": {"levels": levels, "per_seed": references or {}},
         "context": context or {},
         "environment": environment(),
     }
@@ -290,6 +300,16 @@ def run_scaling_runs(
         verdict=metrics["verdict"],
     )
     return metrics
+
+
+def _reference_levels(references: dict[str, dict], tasks: list[str], metric: str) -> dict[str, float]:
+    """Each reference's error as the runs' is taken: mean over tasks, then over its seeds."""
+    return {
+        name: float(
+            np.mean([np.mean([rows[metric_key(t, metric)] for t in tasks]) for rows in by_seed.values()])
+        )
+        for name, by_seed in references.items()
+    }
 
 
 def _joint(runs: list[RunRecord], per_run: dict, cfg: RunsScalingConfig) -> dict:
@@ -386,10 +406,13 @@ def _verdict(m: dict) -> str:
         interval = f" [{fmt(lo, 2)}, {fmt(hi, 2)}]" if math.isfinite(lo) and math.isfinite(hi) else ""
         line = (
             f"downstream {m['metric']} ~ {m['symbol']}^-{fmt(fit['alpha'], 2)}{interval} with {m['symbol']} the {m['x']} "
-            f"(R^2 {fmt(fit['r2'], 2)}) over {n_runs} runs at {len(m['points'])} {m['axis']} values"
+            f"(R^2 {fmt(fit['r2'], 2)}) over {n_runs} runs at {len(m['points'])} values of {m['symbol']}"
         )
     if m["flags"]:
         line += f"; {len(m['flags'])} run(s) differ in more than {m['axis']} (flagged)"
+    for name, level in m["references"]["levels"].items():
+        best = min(m["points"].items(), key=lambda kv: kv[1]["mean"])
+        line += f"; best point {fmt(best[1]['mean'], 3)} ({m['symbol']} = {fmt(best[0], 3)}) against {fmt(level, 3)} {name}"
     still = [(r["error"], r["persistence"]) for r in m["runs"].values() if r["persistence"] is not None]
     if still and all(e >= p for e, p in still):
         line += "; no run beats persistence (the input as the prediction) on these tasks"
@@ -445,6 +468,17 @@ def _sections(m: dict, figs: dict, out: Path) -> list[tuple[str, str]]:
         ("Power-law fit", _law_text(m["fit"], m["symbol"])),
         ("Joint fit E(N, D)", _law_text(m["joint_fit"])),
     ]
+    if m["references"]["levels"]:
+        refs = "\n".join(
+            f"- {name}: {fmt(level)} (per seed: "
+            + ", ".join(
+                f"{seed} {fmt(float(np.mean([rows[metric_key(t, m['metric'])] for t in m['tasks']])))}"
+                for seed, rows in m["references"]["per_seed"][name].items()
+            )
+            + ")"
+            for name, level in m["references"]["levels"].items()
+        )
+        sections.append(("References", refs))
     if m["frontier"]:
         front = table(
             ["FLOPs", "error", "run"], [[p["flops"], p["error"], p["run"]] for p in m["frontier"]["points"]]

@@ -424,8 +424,13 @@ class DownstreamSuite:
             raise DownstreamSpecError(f"--downstream: task names {duplicated} repeat; give each spec a name=")
 
     def __call__(self, trainer) -> dict[str, float]:
-        acc = trainer.accelerator
-        model = acc.unwrap_model(trainer.model)
+        """The metrics of the trainer's current model (the core's evaluate hook)."""
+        return self.score(trainer.accelerator.unwrap_model(trainer.model), trainer.accelerator)
+
+    def score(self, model: torch.nn.Module, accelerator=None) -> dict[str, float]:
+        """Every task's metrics for `model`; with an `accelerator`, ranks share the test sets and its autocast
+        applies. The model's training mode is restored afterwards."""
+        acc = accelerator or _SingleProcess()
         was_training = model.training
         metrics = {}
         for task in self.tasks:
@@ -453,6 +458,13 @@ class DownstreamSuite:
             metrics.update(summarize(task.spec.task(task.mode), errors, still))
         model.train(was_training)
         return metrics
+
+
+class _SingleProcess:
+    """What `DownstreamSuite.score` needs of an accelerator, for one process without one."""
+
+    process_index, num_processes = 0, 1
+    autocast = staticmethod(contextlib.nullcontext)
 
 
 def _gather(acc, values: torch.Tensor, total: int) -> torch.Tensor:
