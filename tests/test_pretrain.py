@@ -18,10 +18,10 @@ from huggingface_hub import HfApi, ModelCard
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from foundation.pretrain.checkpointing import CheckpointError, latest_checkpoint
 from foundation.pretrain.config import PretrainConfig
 from foundation.pretrain.loop import pretrain
 from foundation.pretrain.optimization import parameter_groups
+from foundation.training.checkpoint import CheckpointError, checkpoint_folders
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STEPS = 6
@@ -55,6 +55,7 @@ def _config(corpora, out: Path, **kw) -> PretrainConfig:
         learning_rate=2e-3,
         pairs_per_trajectory=2,
         checkpoint_every=2,
+        log_every=1,
         log_with="tensorboard",
         progress=False,
     )
@@ -78,7 +79,7 @@ def test_reference_run_trains_and_logs(reference_run):
     assert list((out / "pdefm-pretrain").rglob("events.out.tfevents*")), "no TensorBoard log written"
     assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-00000004", "step-00000006"]
     final = load_file(out / "model" / "model.safetensors")
-    ckpt = load_file(out / "checkpoints" / "step-00000006" / "model" / "model.safetensors")
+    ckpt = load_file(out / "checkpoints" / "step-00000006" / "model.safetensors")
     assert all(torch.equal(final[k], ckpt[k]) for k in final)
 
 
@@ -129,14 +130,14 @@ def test_sigkill_then_resume_loses_nothing(corpora, reference_run, tmp_path):
     cmd = [sys.executable, "-m", "eval_suite.command_line", "pretrain", "--config", str(cfg_file)]
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while latest_checkpoint(out) is None or latest_checkpoint(out).name < "step-00000002":
+    while not checkpoint_folders(out) or checkpoint_folders(out)[0].name < "step-00000002":
         assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
         assert time.monotonic() < deadline, "no checkpoint within 120 s"
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     proc.stderr.close()
-    killed_at = json.loads((latest_checkpoint(out) / "trainer_state.json").read_text())["step"]
+    killed_at = json.loads((checkpoint_folders(out)[0] / "trainer_state.json").read_text())["step"]
     assert 2 <= killed_at < STEPS
     resumed = pretrain(_config(corpora, out, resume=True, checkpoint_every=1, log_with="none"))
     torch.testing.assert_close(
@@ -147,16 +148,50 @@ def test_sigkill_then_resume_loses_nothing(corpora, reference_run, tmp_path):
     )
 
 
-@pytest.mark.parametrize("victim", ["optimizer.pt", "model/model.safetensors"])
-def test_truncated_checkpoint_is_a_clear_error(corpora, reference_run, tmp_path, victim):
+@pytest.mark.parametrize("victim", ["optimizer.bin", "model.safetensors"])
+def test_damaged_checkpoints(corpora, reference_run, tmp_path, victim, caplog):
+    """A damaged newest checkpoint falls back to the previous one, loudly; all damaged is a clear error."""
     import shutil
 
     out = tmp_path / "damaged"
     shutil.copytree(reference_run[0] / "checkpoints", out / "checkpoints")
-    path = latest_checkpoint(out) / victim
+    newest, previous = checkpoint_folders(out)
+    path = newest / victim
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(CheckpointError, match=f"{victim}.*truncated"):
-        pretrain(_config(corpora, out, resume=True))
+    with caplog.at_level("WARNING"):
+        resumed = pretrain(_config(corpora, out, resume=True, log_with="none"))
+    assert f"{victim} is truncated" in caplog.text
+    torch.testing.assert_close(
+        torch.tensor(resumed["loss_history"]),
+        torch.tensor(reference_run[1]["loss_history"]),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    for folder in checkpoint_folders(out):
+        (folder / "manifest.json").write_text("{")
+    with pytest.raises(CheckpointError, match="no valid checkpoint.*manifest.json is damaged"):
+        pretrain(_config(corpora, out, resume=True, log_with="none"))
+
+
+def test_short_run_with_default_warmup(corpora, tmp_path):
+    """The default warmup scales with max_steps (a 4-step run is not refused for warmup 50)."""
+    cfg = _config(corpora, tmp_path / "short", max_steps=4, eval_corpus=None, log_with="none")
+    cfg = PretrainConfig(**{**cfg.to_dict(), "warmup_steps": None})
+    assert cfg.warmup_steps == 0 and pretrain(cfg)["steps"] == 4
+
+
+def test_divergent_run_exits_with_an_error_and_publishes_nothing(corpora, tmp_path):
+    from foundation.training import DivergenceError
+
+    out = tmp_path / "diverged"
+    cfg = _config(
+        corpora, out, learning_rate=1e4, warmup_steps=0, max_steps=12, checkpoint_every=1, log_with="none"
+    )
+    with pytest.raises(DivergenceError, match="training diverged.*first at step"):
+        pretrain(cfg)
+    assert not (out / "model").exists()
+    for file in out.rglob("*.safetensors"):
+        assert all(torch.isfinite(t).all() for t in load_file(file).values()), file
 
 
 def test_push_checkpoint_with_model_card(hub_server, reference_run):

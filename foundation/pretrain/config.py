@@ -27,6 +27,9 @@ class PretrainConfig(TrainingArgs):
     families: list[str] | None = None
     weights: dict[str, float] | None = None
     """Mixture weight per family (default: proportional to each family's examples); 0 excludes a family."""
+    stopping_strategy: str = "all_exhausted"
+    """When a stream epoch ends: all_exhausted (every row read at least once; a family whose share ends
+    sooner starts over) | first_exhausted (no row twice; some rows wait for the next epoch)."""
     channels: list[str] | None = None
     """The model's channel layout; default: the union of the corpus fields in vocabulary order."""
     eval_corpus: list[str] | None = None
@@ -48,7 +51,7 @@ class PretrainConfig(TrainingArgs):
     pairs_per_trajectory: int | None = None
     shuffle_buffer: int = 64
     checkpoint_every: int | None = 100
-    log_with: str = "tensorboard"
+    log_with: str = "auto"
     progress: bool = True
     push_to: str | None = None
 

@@ -19,41 +19,42 @@ from accelerate.utils import set_seed
 from data_pipelines.corpus import load_trajectories
 from data_pipelines.fields import FIELDS
 from data_pipelines.semigroup import PairDataset
-from data_pipelines.streaming import MixtureStream
+from data_pipelines.streaming import CorpusSource, MixtureStream, make_loader, resolve_corpus
 from foundation.configuration_scot import ScOTConfig
 from foundation.modeling_scot import ScOT
 from foundation.pretrain.config import PretrainConfig
 from foundation.pretrain.optimization import make_optimizer, warmup_cosine
 from foundation.training import Trainer, TrainHooks, make_accelerator
+from foundation.training.distributed import on_main_then_share
 
 logger = logging.getLogger(__name__)
 
 
-def corpus_stats(source: str) -> dict:
-    """stats.json of a corpus folder or Hub dataset id."""
-    path = Path(source)
-    if not path.exists():
-        from huggingface_hub import hf_hub_download
-
-        path = Path(hf_hub_download(source, "stats.json", repo_type="dataset")).parent
-    stats_file = path / "stats.json"
-    if not stats_file.exists():
-        raise FileNotFoundError(
-            f"{source}: not a pdefm corpus (no stats.json); make one with `pdefm data generate`"
-        )
-    return json.loads(stats_file.read_text())
-
-
-def default_channels(sources: list[str], families: list[str] | None) -> list[str]:
+def default_channels(sources: list[CorpusSource], families: list[str] | None) -> list[str]:
     """The union of the selected families' fields, in field-vocabulary order."""
     used = set()
     for source in sources:
-        for name, info in corpus_stats(source)["families"].items():
+        for name, info in source.stats["families"].items():
             if families is None or name in families:
                 used.update(info["fields"])
     if not used:
-        raise ValueError(f"no family of {families} found in corpora {sources}")
+        raise ValueError(f"no family of {families} found in corpora {[s.name for s in sources]}")
     return [f for f in FIELDS if f in used] + sorted(used - set(FIELDS))
+
+
+def trajectory_counts(sources: list[CorpusSource], families: list[str]) -> dict[str, int]:
+    """Trajectories per streamed family, from the corpora's statistics."""
+    return {
+        name: int(info["count"])
+        for source in sources
+        for name, info in source.stats["families"].items()
+        if name in families
+    }
+
+
+def shared_sources(accelerator, config: PretrainConfig) -> list[CorpusSource]:
+    """The corpora resolved once by rank 0 (stats.json, Hub revision, shard check) and shared with every rank."""
+    return on_main_then_share(accelerator, lambda: resolve_corpus(config.corpus, config.families))
 
 
 def build_model(config: PretrainConfig, channels: list[str]) -> ScOT:
@@ -84,30 +85,25 @@ def _eval_every(config: PretrainConfig, downstream) -> int | None:
     return math.gcd(*every) if every else None
 
 
-def pretrain(config: PretrainConfig) -> dict:
-    """Run pretraining as configured (call under `accelerate launch` for several processes)."""
-    from torchdata.stateful_dataloader import StatefulDataLoader
-
+def build_trainer(config: PretrainConfig) -> tuple[Trainer, MixtureStream, list[str]]:
+    """The run's training core, its stream and channel layout (`pretrain` fits it; tests may wrap its loader)."""
     acc = make_accelerator(config, project_dir=config.out)
     set_seed(config.seed)
-    channels = config.channels or default_channels(config.corpus, config.families)
+    sources = shared_sources(acc, config)
+    channels = config.channels or default_channels(sources, config.families)
     stream = MixtureStream(
-        config.corpus,
+        sources,
         channels,
         families=config.families,
+        weights=config.weights,
         shuffle_buffer=config.shuffle_buffer,
         seed=config.seed,
         rank=acc.process_index,
         world_size=acc.num_processes,
         pairs_per_trajectory=config.pairs_per_trajectory,
+        stopping_strategy=config.stopping_strategy,
     )
-    loader = StatefulDataLoader(
-        stream,
-        batch_size=config.batch_size,
-        num_workers=config.num_workers,
-        pin_memory=acc.device.type == "cuda",
-        drop_last=True,
-    )
+    loader = make_loader(stream, config.batch_size, config.num_workers, pin_memory=acc.device.type == "cuda")
     eval_data = None
     if config.eval_corpus:
         held_out = [
@@ -138,20 +134,25 @@ def pretrain(config: PretrainConfig) -> dict:
         run_config=config.to_dict(),
         project_name="pdefm-pretrain",
     )
-    if acc.is_main_process:
-        Path(config.out).mkdir(parents=True, exist_ok=True)
+    return trainer, stream, channels
+
+
+def pretrain(config: PretrainConfig) -> dict:
+    """Run pretraining as configured (call under `accelerate launch` for several processes)."""
+    trainer, stream, channels = build_trainer(config)
     trainer.fit()
-    summary = _summary(trainer, config, channels, stream, model)
+    summary = _summary(trainer, config, channels, stream)
     state_dict = trainer.export_state_dict()
-    if acc.is_main_process:
+    if trainer.accelerator.is_main_process:
         _write_model(trainer, config, summary, state_dict)
-    acc.wait_for_everyone()
-    acc.end_training()
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
     return summary
 
 
-def _summary(trainer: Trainer, config: PretrainConfig, channels, stream, model) -> dict:
+def _summary(trainer: Trainer, config: PretrainConfig, channels, stream) -> dict:
     state, acc = trainer.state, trainer.accelerator
+    model = acc.unwrap_model(trainer.model)
     logged = [r for r in state.history if "train/loss" in r]
     history = [r["train/loss"] for r in logged]
     evals = [[r["step"], r["eval/loss"]] for r in state.history if "eval/loss" in r]
@@ -172,8 +173,9 @@ def _summary(trainer: Trainer, config: PretrainConfig, channels, stream, model) 
         "eval_history": evals,
         "elapsed_s": state.elapsed_s,
         "channels": channels,
-        "families": dict(stream.counts),
-        "trajectories": sum(stream.counts.values()),
+        "families": trajectory_counts(stream.sources, stream.families),
+        "trajectories": sum(trajectory_counts(stream.sources, stream.families).values()),
+        "weights": dict(zip(stream.families, stream.weights, strict=True)),
         "corpus": config.corpus,
         "preset": config.preset,
         "mixed_precision": acc.mixed_precision,
@@ -203,4 +205,3 @@ def _write_model(trainer: Trainer, config: PretrainConfig, summary: dict, state_
     if config.push_to:
         url = push_checkpoint(folder, config.push_to)
         trainer.accelerator.print(f"pushed {folder} to {url}")
-

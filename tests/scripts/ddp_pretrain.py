@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from foundation.pretrain.config import PretrainConfig
-from foundation.pretrain.loop import Trainer
+from foundation.pretrain.loop import build_trainer
 
 corpus, out = sys.argv[1], Path(sys.argv[2])
 config = PretrainConfig(
@@ -29,21 +29,30 @@ config = PretrainConfig(
     checkpoint_every=2,
     log_with="none",
     progress=False,
+    overwrite=True,
 )
-trainer = Trainer(config)
-trainer.stream.return_ids = True
+trainer, stream, _ = build_trainer(config)
+stream.return_ids = True
 seen: list[str] = []
-plain_batches = trainer.batches
 
 
-def recording_batches():
-    for batch in plain_batches():
-        seen.extend(batch.pop("id"))
-        yield batch
+class RecordingLoader:
+    """The run's loader, noting the trajectory ids of every batch this rank trains on."""
+
+    def __init__(self, inner):
+        self.inner, self.dataset = inner, inner.dataset
+
+    def __iter__(self):
+        for batch in self.inner:
+            seen.extend(batch.pop("id"))
+            yield batch
+
+    def state_dict(self):
+        return self.inner.state_dict()
 
 
-trainer.batches = recording_batches
-trainer.run()
+trainer.loader = RecordingLoader(trainer.loader)
+trainer.fit()
 acc = trainer.accelerator
 state = acc.unwrap_model(trainer.model).state_dict()
 digest = hashlib.sha256(b"".join(t.detach().cpu().contiguous().numpy().tobytes() for t in state.values()))
