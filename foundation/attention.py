@@ -1,40 +1,32 @@
-"""Swin-V2 shifted-window attention (scaled cosine attention with a continuous position bias) through SDPA.
+"""Swin-V2 shifted-window attention (scaled cosine attention with a continuous position bias).
 
 Semantics are HF `Swinv2SelfAttention`'s, as Poseidon uses it: q, k L2-normalised, logits scaled by
-exp(min(logit_scale, ln 100)), plus 16*sigmoid(CPB) and the shifted-window mask. Here the logit scale is folded
-into q, the bias and the shift mask form one additive mask for `scaled_dot_product_attention`, the q/k/v
-projections run as one matmul, and the geometric constants (coordinate table, index, shift mask) are built once per
-(grid, window, shift, device). While the CPB is not being trained the whole additive mask is cached until its
-weights change.
+exp(min(logit_scale, ln 100)), plus 16*sigmoid(CPB) and the shifted-window mask. Blocks that share a window
+geometry (one level of the encoder and its decoder mirror) get their additive masks and logit scales from one
+batched computation per forward (`level_attention_inputs`), so a step runs the position-bias MLP once per
+level rather than once per block. The geometric constants live in `WindowTables` (non-persistent buffers).
+
+Three interchangeable implementations of softmax(q k^T + mask) v (`ScOTConfig.attn_implementation`):
+"eager" (explicit matmuls), "sdpa" (`F.scaled_dot_product_attention`, fused kernels on GPUs) and "chunked"
+(`foundation.chunked_attention`, the fastest CPU training path); "auto" picks per call (`resolve_implementation`).
+Under autocast, q, k and the mask stay in the autocast dtype: only the per-row norms are reduced in float32.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from foundation.chunked_attention import chunked_window_attention
-from foundation.position_bias import continuous_position_bias
+from foundation.position_bias import autocast_off, level_position_bias
 
 SHIFT_MASK_VALUE = -200.0
 """HF Swinv2 adds its -100 shift mask twice; the same value keeps outputs identical."""
 _MAX_LOGIT_SCALE = math.log(100.0)
-
-
-@dataclass(frozen=True)
-class WindowGeometry:
-    """Constants of window attention on one token grid: coordinate table, gather index, shift mask."""
-
-    window: int
-    shift: int
-    padded: int
-    coords_table: torch.Tensor  # [(2w-1)^2, 2], log-spaced normalised relative coordinates
-    index: torch.Tensor  # [w^2, w^2] long, into coords_table
-    shift_mask: torch.Tensor | None  # [nW, 1, w^2, w^2] with 0 / SHIFT_MASK_VALUE, None without shift
 
 
 def window_and_shift(grid: int, window_size: int, shifted: bool) -> tuple[int, int]:
@@ -74,60 +66,123 @@ def shift_mask_table(padded: int, window: int, shift: int, device) -> torch.Tens
     return mask.unsqueeze(1)
 
 
-def _build_geometry(grid: int, window_size: int, shifted: bool, device) -> WindowGeometry:
-    window, shift = window_and_shift(grid, window_size, shifted)
-    padded = math.ceil(grid / window) * window
-    mask = shift_mask_table(padded, window, shift, device) if shift else None
-    return WindowGeometry(
-        window, shift, padded, coords_table(window, device), relative_index(window, device), mask
-    )
+def level_tables(grid: int, window_size: int, device=None) -> dict[str, torch.Tensor]:
+    """The constants of window attention on one token grid: coordinate table, index, shift mask (if shifted)."""
+    window, shift = window_and_shift(grid, window_size, shifted=True)
+    tables = {"coords": coords_table(window, device), "index": relative_index(window, device).flatten()}
+    if shift:
+        padded = math.ceil(grid / window) * window
+        tables["shift_mask"] = shift_mask_table(padded, window, shift, device)
+    return tables
 
 
-_GEOMETRY_CACHE: dict[tuple, WindowGeometry] = {}
+class WindowTables(nn.Module):
+    """Per-level attention constants for the configured input size, as non-persistent buffers (never saved, moved
+    with the model, graph inputs under torch.compile); other input sizes build theirs on each call."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.window_size = config.window_size
+        self.grids = [(config.image_size // config.patch_size) >> level for level in range(config.num_layers)]
+        self.reset_tables()
+
+    def reset_tables(self) -> None:
+        """(Re)compute every buffer, e.g. after a model was materialised from the meta device."""
+        for level, grid in enumerate(self.grids):
+            for name, value in level_tables(grid, self.window_size).items():
+                key = f"{name}_{level}"
+                current = getattr(self, key, None)
+                device = current.device if current is not None else None
+                self.register_buffer(key, value.to(device), persistent=False)
+
+    def get(self, level: int, grid: int, device) -> dict[str, torch.Tensor]:
+        if grid != self.grids[level]:
+            return level_tables(grid, self.window_size, device)
+        names = ("coords", "index", "shift_mask")
+        return {n: getattr(self, f"{n}_{level}") for n in names if hasattr(self, f"{n}_{level}")}
 
 
-def window_geometry(grid: int, window_size: int, shifted: bool, device) -> WindowGeometry:
-    """Geometry constants, cached per (grid, window, shift, device); traced afresh under torch.compile."""
-    if torch.compiler.is_compiling():
-        return _build_geometry(grid, window_size, shifted, device)
-    key = (grid, window_size, shifted, torch.device(device))
-    if key not in _GEOMETRY_CACHE:
-        _GEOMETRY_CACHE[key] = _build_geometry(grid, window_size, shifted, device)
-    return _GEOMETRY_CACHE[key]
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype matmuls on `x` produce: the autocast dtype when autocast is on for its device, else its own."""
+    kind = x.device.type
+    if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return x.dtype
 
 
-def _plain_eager(x: torch.Tensor) -> bool:
-    """Neither compiling, nor under a torch.func transform, nor autocast: a hand-written Function may run."""
-    return not (
-        torch.compiler.is_compiling()
-        or torch._C._are_functorch_transforms_active()
-        or torch.is_autocast_enabled(x.device.type)
-    )
+def level_attention_inputs(
+    attentions: Sequence[ScaledCosineSelfAttention],
+    shifted: Sequence[bool],
+    tables: dict[str, torch.Tensor],
+    dtype: torch.dtype,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(additive mask [1 or nW, h, N, N] in `dtype`, q/k/v row coefficients [2, 3, h, 1, 1] in float32, see
+    `_normalize_qk`) for each of a level's blocks: one batched position-bias MLP, one clamp+exp of the logit
+    scales and one shift-mask addition for all of them."""
+    order = [i for i, s in enumerate(shifted) if not s] + [i for i, s in enumerate(shifted) if s]
+    unshifted = len(order) - sum(shifted)
+    mlps = [attentions[i].continuous_position_bias_mlp for i in order]
+    bias = level_position_bias(tables["coords"], tables["index"], mlps).to(dtype)  # [n, h, N, N]
+    masks = list(bias[:unshifted].unsqueeze(1).unbind(0))
+    if unshifted < len(order):
+        shift_mask = tables["shift_mask"].to(dtype)  # [nW, 1, N, N]
+        masks += list((bias[unshifted:].unsqueeze(1) + shift_mask).unbind(0))
+    scale = torch.stack([attentions[i].logit_scale for i in order]).clamp(max=_MAX_LOGIT_SCALE).exp()
+    one, zero = torch.ones_like(scale), torch.zeros_like(scale)  # [n, h, 1, 1]
+    coefs = torch.stack([torch.stack([scale, one, zero], 1), torch.stack([zero, zero, one], 1)], 1)
+    out: list = [None] * len(order)
+    for i, mask, coef in zip(order, masks, coefs.unbind(0), strict=True):
+        out[i] = (mask, coef)
+    return out
 
 
-def _unit_rows(x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.normalize(x, dim=-1) * scale` (same eps), with a several times cheaper backward."""
-    inv = torch.rsqrt(x.square().sum(dim=-1, keepdim=True).clamp_min(1e-24))
-    return x * (inv if scale is None else inv * scale)
+def resolve_implementation(requested: str, q: torch.Tensor, mask: torch.Tensor, dropout: float) -> str:
+    """The implementation a call runs. "auto": the chunked Function for CPU training of a trainable mask in plain
+    eager mode (where SDPA's differentiation of an additive mask is several times slower), SDPA otherwise.
+    "chunked" falls back to "eager" where its hand-written Function cannot run (torch.compile, torch.func
+    transforms, attention dropout)."""
+    plain = not (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active())
+    chunkable = plain and dropout == 0.0
+    if requested == "auto":
+        trains = mask.requires_grad and torch.is_grad_enabled()
+        return "chunked" if chunkable and trains and q.device.type == "cpu" else "sdpa"
+    if requested == "chunked" and not chunkable:
+        return "eager"
+    return requested
+
+
+def _normalize_qk(qkv: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    """qkv [3, ..., d] with q and k L2-normalised along d, q times the logit scale, v unchanged: one pass over all
+    three rows with per-row factor rsqrt(|x|^2 + 1e-24) * coef[0] + coef[1] (coef [2, 3, h, 1, 1]: multipliers
+    (scale, 1, 0), offsets (0, 0, 1)), so no slice of qkv needs a zero-filled gradient.
+
+    Stays in qkv's dtype; only the small norms are float32. rsqrt(|x|^2 + 1e-24) equals F.normalize's
+    1/max(|x|, 1e-12) for every row but exact zeros (which stay zero), with no clamp to differentiate.
+    """
+    with autocast_off(qkv.device.type):  # CUDA autocast would upcast the whole of qkv for the reduction
+        squared = (qkv * qkv).sum(dim=-1, keepdim=True, dtype=torch.float32)
+        scale, offset = coef.unsqueeze(2).unbind(0)  # [3, 1, h, 1, 1] against [3, B*nW, h, N, 1]
+        factor = torch.addcmul(offset, torch.rsqrt(squared + 1e-24), scale)
+        return qkv * factor.to(qkv.dtype)
 
 
 class ScaledCosineSelfAttention(nn.Module):
     """Parameters and score computation of one Swin-V2 attention (keys as HF `Swinv2SelfAttention`)."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, dropout: float = 0.0):
+    def __init__(self, dim: int, num_heads: int, config):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"attention width {dim} is not divisible by {num_heads} heads")
+        self.config = config
         self.num_heads = num_heads
-        self.dropout = dropout
+        self.dropout = config.attention_probs_dropout_prob
         self.logit_scale = nn.Parameter(torch.full((num_heads, 1, 1), math.log(10.0)))
         self.continuous_position_bias_mlp = nn.Sequential(
             nn.Linear(2, 512, bias=True), nn.ReLU(inplace=True), nn.Linear(512, num_heads, bias=False)
         )
-        self.query = nn.Linear(dim, dim, bias=qkv_bias)
+        self.query = nn.Linear(dim, dim, bias=config.qkv_bias)
         self.key = nn.Linear(dim, dim, bias=False)
-        self.value = nn.Linear(dim, dim, bias=qkv_bias)
-        self._mask_cache: dict[tuple, tuple[tuple[int, ...], torch.Tensor]] = {}
+        self.value = nn.Linear(dim, dim, bias=config.qkv_bias)
 
     def _project(self, windows: torch.Tensor) -> torch.Tensor:
         """[..., C] -> [..., 3C] of q, k, v: one matmul for plain linears; module by module once wrapped
@@ -141,54 +196,31 @@ class ScaledCosineSelfAttention(nn.Module):
             bias = torch.cat([self.query.bias, torch.zeros_like(self.query.bias), self.value.bias])
         return F.linear(windows, weight, bias)
 
-    def position_bias(self, geometry: WindowGeometry) -> torch.Tensor:
-        """16*sigmoid(CPB) gathered to [h, N, N]."""
-        return continuous_position_bias(
-            geometry.coords_table, geometry.index, self.continuous_position_bias_mlp, self.num_heads
-        )
-
-    def _position_bias_trains(self) -> bool:
-        return torch.is_grad_enabled() and any(
-            p.requires_grad for p in self.continuous_position_bias_mlp.parameters()
-        )
-
-    def additive_mask(self, geometry: WindowGeometry, dtype: torch.dtype) -> torch.Tensor:
-        """Position bias plus shift mask, [nW or 1, h, N, N]; cached while the CPB weights are unchanged, unless
-        they are being trained."""
-        cacheable = not self._position_bias_trains() and not torch.compiler.is_compiling()
-        if cacheable:
-            key = (geometry.padded, geometry.window, geometry.shift, geometry.index.device, dtype)
-            versions = tuple(p._version for p in self.continuous_position_bias_mlp.parameters())
-            hit = self._mask_cache.get(key)
-            if hit is not None and hit[0] == versions:
-                return hit[1]
-        mask = self.position_bias(geometry).to(dtype).unsqueeze(0)
-        if geometry.shift_mask is not None:
-            mask = mask + geometry.shift_mask.to(dtype)
-        if cacheable:
-            self._mask_cache[key] = (versions, mask)
-        return mask
-
-    def forward(self, windows: torch.Tensor, geometry: WindowGeometry) -> torch.Tensor:
-        """windows [B, nW, N, C] -> attended values [B, nW, N, C]."""
+    def forward(self, windows: torch.Tensor, mask: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+        """windows [B, nW, N, C], mask [1 or nW, h, N, N], coef [2, 3, h, 1, 1] (see `_normalize_qk`)
+        -> attended values [B, nW, N, C]."""
         b, nw, n, c = windows.shape
         h = self.num_heads
-        q, k, v = self._project(windows).view(b * nw, n, 3, h, c // h).permute(2, 0, 3, 1, 4).unbind(0)
-        scale = torch.exp(torch.clamp(self.logit_scale, max=_MAX_LOGIT_SCALE)).to(q.dtype)
-        q, k = _unit_rows(q, scale), _unit_rows(k)
+        qkv = (
+            self._project(windows).view(b * nw, n, 3, h, c // h).permute(2, 0, 3, 1, 4)
+        )  # [3, B*nW, h, N, d]
+        q, k, v = _normalize_qk(qkv, coef).unbind(0)
         dropout = self.dropout if self.training else 0.0
-        mask = self.additive_mask(geometry, q.dtype)  # [nW or 1, h, N, N]
-        if q.device.type == "cpu" and self._position_bias_trains():
-            # CPU SDPA kernels differentiate an additive mask several times slower than explicit matmuls.
-            if dropout == 0.0 and _plain_eager(q):
-                out = chunked_window_attention(q, k, v, mask, nw)
-            else:
-                scores = (q @ k.transpose(-2, -1)).view(b, nw, h, n, n) + mask
-                probs = F.dropout(torch.softmax(scores, dim=-1), dropout, self.training)
-                out = probs.view(b * nw, h, n, n) @ v
+        mask = mask.to(q.dtype)
+        implementation = resolve_implementation(self.config.attn_implementation, q, mask, dropout)
+        if implementation == "chunked":
+            out = chunked_window_attention(q, k, v, mask, nw)
+        elif implementation == "eager":
+            scores = (q @ k.transpose(-2, -1)).view(b, nw, h, n, n) + mask
+            probs = F.dropout(torch.softmax(scores, dim=-1), dropout, self.training)
+            out = probs.view(b * nw, h, n, n).to(v.dtype) @ v
+        elif mask.shape[0] > 1:
+            # One mask per window: fold the windows into the heads, so the mask broadcasts over the batch as a view.
+            q, k, v = (t.reshape(b, nw * h, n, c // h) for t in (q, k, v))
+            mask = mask.reshape(1, nw * h, n, n)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=1.0)
+            out = out.view(b * nw, h, n, c // h)
         else:
-            if mask.shape[0] > 1:
-                mask = mask.unsqueeze(0).expand(b, nw, h, n, n).reshape(b * nw, h, n, n)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=1.0)
         return out.transpose(1, 2).reshape(b, nw, n, c)
 
@@ -212,16 +244,14 @@ class WindowAttention(nn.Module):
         super().__init__()
         self.window_size = window_size
         self.shifted = shifted
-        self.self = ScaledCosineSelfAttention(
-            dim, num_heads, config.qkv_bias, config.attention_probs_dropout_prob
-        )
+        self.self = ScaledCosineSelfAttention(dim, num_heads, config)
         self.output = AttentionOutput(dim, config.hidden_dropout_prob)
 
-    def forward(self, x: torch.Tensor, grid: int) -> torch.Tensor:
-        """x [B, grid*grid, C] -> [B, grid*grid, C]."""
+    def forward(self, x: torch.Tensor, grid: int, mask: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+        """x [B, grid*grid, C] -> [B, grid*grid, C]; mask and coef from `level_attention_inputs`."""
         b, _, c = x.shape
-        geo = window_geometry(grid, self.window_size, self.shifted, x.device)
-        w, s, p = geo.window, geo.shift, geo.padded
+        w, s = window_and_shift(grid, self.window_size, self.shifted)
+        p = math.ceil(grid / w) * w
         x = x.view(b, grid, grid, c)
         if p != grid:
             x = F.pad(x, (0, 0, 0, p - grid, 0, p - grid))
@@ -229,7 +259,7 @@ class WindowAttention(nn.Module):
             x = torch.roll(x, shifts=(-s, -s), dims=(1, 2))
         n = p // w
         windows = x.view(b, n, w, n, w, c).permute(0, 1, 3, 2, 4, 5).reshape(b, n * n, w * w, c)
-        windows = self.output(self.self(windows, geo))
+        windows = self.output(self.self(windows, mask, coef))
         x = windows.view(b, n, n, w, w, c).permute(0, 1, 3, 2, 4, 5).reshape(b, p, p, c)
         if s:
             x = torch.roll(x, shifts=(s, s), dims=(1, 2))

@@ -44,7 +44,7 @@ class ChunkedWindowAttention(torch.autograd.Function):
         q, k, v, probs = ctx.saved_tensors
         grad_out = grad_out.contiguous()
         grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        grad_mask = q.new_zeros(ctx.mask_shape)
+        grad_mask = q.new_zeros(ctx.mask_shape, dtype=torch.float32)  # a sum over all windows: float32
         step = ctx.step
         for s in range(0, q.shape[0], step):
             chunk = slice(s, s + step)
@@ -52,10 +52,10 @@ class ChunkedWindowAttention(torch.autograd.Function):
             grad_scores = torch.bmm(g, _mats(v[chunk]).transpose(1, 2))  # d probs, then d scores in place
             torch.bmm(p.transpose(1, 2), g, out=_mats(grad_v[chunk]))
             torch.ops.aten._softmax_backward_data.out(grad_scores, p, -1, p.dtype, grad_input=grad_scores)
-            grad_mask += grad_scores.view(-1, *ctx.mask_shape).sum(0)
+            grad_mask += grad_scores.view(-1, *ctx.mask_shape).sum(0, dtype=torch.float32)
             torch.bmm(grad_scores, _mats(k[chunk]), out=_mats(grad_q[chunk]))
             torch.bmm(grad_scores.transpose(1, 2), _mats(q[chunk]), out=_mats(grad_k[chunk]))
-        return grad_q, grad_k, grad_v, grad_mask, None
+        return grad_q, grad_k, grad_v, grad_mask.to(q.dtype), None
 
 
 def chunked_window_attention(

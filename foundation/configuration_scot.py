@@ -10,6 +10,8 @@ from transformers import PretrainedConfig
 
 POSEIDON_FIELDS = ("rho", "u", "v", "p")
 """Channel names of Poseidon's pretraining data, in channel order."""
+ATTENTION_IMPLEMENTATIONS = ("auto", "eager", "sdpa", "chunked")
+"""Window-attention implementations (`foundation.attention`); "auto" picks per call and device."""
 
 _ARCH_DEFAULTS = dict(
     image_size=128,
@@ -40,7 +42,8 @@ class ScOTConfig(PretrainedConfig):
 
     Defaults are Poseidon-T's values. `use_operator_conditioning` adds a PDE-family embedding and a
     coefficient vector to every conditioned norm (see `foundation.conditioning`); with it off the model is
-    weight-compatible with Poseidon.
+    weight-compatible with Poseidon. `attn_implementation` chooses how window attention is computed (same
+    values either way): "eager", "sdpa", "chunked", or "auto" (SDPA, except the chunked Function for CPU training).
     """
 
     model_type = "pdefm_scot"
@@ -78,6 +81,7 @@ class ScOTConfig(PretrainedConfig):
         num_coefficients: int = 8,
         operator_embed_dim: int = 64,
         pde_vocabulary: list[str] | None = None,
+        attn_implementation: str = "auto",
         **kwargs,
     ):
         depths, num_heads = list(depths), list(num_heads)
@@ -100,6 +104,11 @@ class ScOTConfig(PretrainedConfig):
             raise ValueError(f"ScOTConfig.p must be 1 (L1) or 2 (MSE), got {p!r}")
         if hidden_act != "gelu":
             raise ValueError(f"ScOTConfig.hidden_act: only 'gelu' is supported, got {hidden_act!r}")
+        if attn_implementation not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"ScOTConfig.attn_implementation must be one of {list(ATTENTION_IMPLEMENTATIONS)}, "
+                f"got {attn_implementation!r}"
+            )
         if use_operator_conditioning and not use_conditioning:
             raise ValueError("ScOTConfig: use_operator_conditioning needs use_conditioning=True")
         if field_names is None:
@@ -152,6 +161,7 @@ class ScOTConfig(PretrainedConfig):
                 f"ScOTConfig.pde_vocabulary has {len(self.pde_vocabulary)} families but num_pde_families is "
                 f"{num_pde_families}"
             )
+        self.attn_implementation = attn_implementation
         super().__init__(**kwargs)
 
     @classmethod

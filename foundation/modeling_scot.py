@@ -8,6 +8,7 @@ they are (see `foundation.loading`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -17,19 +18,39 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
-from foundation.attention import ScaledCosineSelfAttention, WindowAttention
-from foundation.conditioning import OperatorEmbedding, OperatorModulation, TimeScale, make_norm
-from foundation.configuration_scot import ScOTConfig
+from foundation.attention import (
+    ScaledCosineSelfAttention,
+    WindowAttention,
+    WindowTables,
+    compute_dtype,
+    level_attention_inputs,
+    window_and_shift,
+)
+from foundation.conditioning import (
+    OperatorEmbedding,
+    OperatorModulation,
+    TimeConditionedNorm,
+    TimeScale,
+    make_norm,
+)
+from foundation.configuration_scot import ATTENTION_IMPLEMENTATIONS, ScOTConfig
 from foundation.loss import masked_output_and_loss
 from foundation.resampling import fft_resample
 
 
 @dataclass
 class ScOTOutput(ModelOutput):
-    """`output` [B, C_out, H, W] (masked channels replaced by the labels) and, given labels, the loss."""
+    """`output` [B, C_out, H, W] (masked channels replaced by the labels) and, given labels, the loss.
+
+    With `output_hidden_states`, Poseidon's hidden states: the decoder's input and its stage outputs, then the
+    embedding output and the encoder's stage outputs before merging, as tokens [B, n*n, d] (`hidden_states`)
+    and as maps [B, d, n, n] (`reshaped_hidden_states`).
+    """
 
     loss: torch.Tensor | None = None
     output: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    reshaped_hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
 def _drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
@@ -63,6 +84,40 @@ class Output(nn.Module):
         return self.dropout(self.dense(x))
 
 
+def norm_modulation(norms: Sequence[nn.Module], time: torch.Tensor, operator) -> torch.Tensor | None:
+    """The per-sample (gamma, beta) of several time-conditioned norms from one product: [B, sum of 2d], laid out
+    norm by norm as (gamma [d], beta [d]), the values each norm's own Linear(1, d) maps (plus its operator
+    modulation) give. None for plain LayerNorms (`use_conditioning=False`)."""
+    if not isinstance(norms[0], TimeConditionedNorm):
+        return None
+    weight = torch.cat([p.view(-1) for n in norms for p in (n.weight.weight, n.bias.weight)])
+    bias = torch.cat([p for n in norms for p in (n.weight.bias, n.bias.bias)])
+    modulation = torch.addcmul(bias, time.to(weight.dtype), weight)
+    if norms[0].operator is not None:
+        mod_weight = torch.cat([n.operator.weight for n in norms])
+        mod_bias = torch.cat([n.operator.bias for n in norms])
+        modulation = modulation + F.linear(operator.to(mod_weight.dtype), mod_weight, mod_bias)
+    return modulation
+
+
+def _split_modulation(modulation: torch.Tensor | None, count: int) -> list:
+    """[B, count*2d] -> count (gamma, beta) pairs of [B, d] (views; their gradients are stacked, not scattered)."""
+    if modulation is None:
+        return [None] * count
+    parts = modulation.view(modulation.shape[0], 2 * count, -1).unbind(1)
+    return [parts[2 * i : 2 * i + 2] for i in range(count)]
+
+
+def _norm(norm: nn.Module, x: torch.Tensor, modulation) -> torch.Tensor:
+    """A conditioned norm with its precomputed (gamma, beta), i.e. TimeConditionedNorm's gamma * LN(x) + beta;
+    a plain LayerNorm without modulation."""
+    if modulation is None:
+        return norm(x, None)
+    gamma, beta = modulation
+    shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)
+    return F.layer_norm(x, (norm.dim,), eps=norm.eps) * gamma.view(shape) + beta.view(shape)
+
+
 class SwinBlock(GradientCheckpointingLayer):
     """Res-post-norm Swin-V2 block: x + LN(W-MSA(x)), then x + LN(MLP(x)), both norms time-conditioned."""
 
@@ -76,12 +131,17 @@ class SwinBlock(GradientCheckpointingLayer):
         self.output = Output(hidden, dim, config.hidden_dropout_prob)
         self.layernorm_after = make_norm(config, dim)
 
-    def forward(self, x, time, operator=None, *, grid: int):
-        x = x + _drop_path(
-            self.layernorm_before(self.attention(x, grid), time, operator), self.drop_path, self.training
-        )
+    def norms(self) -> list[nn.Module]:
+        return [self.layernorm_before, self.layernorm_after]
+
+    def forward(self, x, modulation, mask, coef, *, grid: int):
+        """modulation [B, 4d] of both norms (`norm_modulation`), mask and coef of the attention
+        (`level_attention_inputs`): computed once per stage for all its blocks."""
+        before, after = _split_modulation(modulation, 2)
+        attended = self.attention(x, grid, mask, coef)
+        x = x + _drop_path(_norm(self.layernorm_before, attended, before), self.drop_path, self.training)
         mlp = self.output(self.intermediate(x))
-        return x + _drop_path(self.layernorm_after(mlp, time, operator), self.drop_path, self.training)
+        return x + _drop_path(_norm(self.layernorm_after, mlp, after), self.drop_path, self.training)
 
 
 class PatchMerging(nn.Module):
@@ -92,11 +152,15 @@ class PatchMerging(nn.Module):
         self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
         self.norm = make_norm(config, 2 * dim)
 
-    def forward(self, x, time, operator, grid: int):
+    def norms(self) -> list[nn.Module]:
+        return [self.norm]
+
+    def forward(self, x, modulation, grid: int):
         b, _, c = x.shape
         x = x.view(b, grid, grid, c)
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
-        return self.norm(self.reduction(x.reshape(b, -1, 4 * c)), time, operator)
+        (mod,) = _split_modulation(modulation, 1)
+        return _norm(self.norm, self.reduction(x.reshape(b, -1, 4 * c)), mod)
 
 
 class PatchUnmerging(nn.Module):
@@ -108,11 +172,15 @@ class PatchUnmerging(nn.Module):
         self.mixup = nn.Linear(dim // 2, dim // 2, bias=False)
         self.norm = make_norm(config, dim // 2)
 
-    def forward(self, x, time, operator, grid: int):
+    def norms(self) -> list[nn.Module]:
+        return [self.norm]
+
+    def forward(self, x, modulation, grid: int):
         b, _, c = x.shape
         x = self.upsample(x).view(b, grid, grid, 2, 2, c // 2).permute(0, 1, 3, 2, 4, 5)
         x = x.reshape(b, 4 * grid * grid, c // 2)
-        return self.mixup(self.norm(x, time, operator))
+        (mod,) = _split_modulation(modulation, 1)
+        return self.mixup(_norm(self.norm, x, mod))
 
 
 class ConvNeXtBlock(nn.Module):
@@ -133,7 +201,31 @@ class ConvNeXtBlock(nn.Module):
         return x + self.weight * y
 
 
-class EncoderStage(nn.Module):
+class _Stage(nn.Module):
+    """Blocks on one token grid plus a resampling module, with their norm modulations and attention inputs
+    computed once per forward for all blocks (a stage is the FSDP wrapping unit, so it owns all it reads)."""
+
+    def _prepare(self, x, time, operator, tables, grid: int):
+        owners = [*self.blocks, self.sampler] if self.sampler is not None else list(self.blocks)
+        norms = [n for owner in owners for n in owner.norms()]
+        modulation = norm_modulation(norms, time, operator)
+        if modulation is not None:
+            sizes = [sum(2 * n.dim for n in owner.norms()) for owner in owners]
+            modulation = modulation.split(sizes, dim=1)
+        else:
+            modulation = [None] * len(owners)
+        attentions = [block.attention for block in self.blocks]
+        shifted = [window_and_shift(grid, a.window_size, a.shifted)[1] > 0 for a in attentions]
+        inputs = level_attention_inputs([a.self for a in attentions], shifted, tables, compute_dtype(x))
+        return modulation, inputs
+
+    def _run_blocks(self, x, modulation, inputs, grid: int):
+        for block, mod, (mask, coef) in zip(self.blocks, modulation, inputs, strict=False):
+            x = block(x, mod, mask, coef, grid=grid)
+        return x
+
+
+class EncoderStage(_Stage):
     def __init__(self, config: ScOTConfig, level: int, drop_paths: list[float]):
         super().__init__()
         dim, heads = config.embed_dim * 2**level, config.num_heads[level]
@@ -143,8 +235,20 @@ class EncoderStage(nn.Module):
         )
         self.downsample = PatchMerging(config, dim) if level < config.num_layers - 1 else None
 
+    @property
+    def sampler(self):
+        return self.downsample
 
-class DecoderStage(nn.Module):
+    def forward(self, x, time, operator, tables, *, grid: int):
+        """-> (the blocks' output: the skip state; the merged input of the next level, None at the last)."""
+        modulation, inputs = self._prepare(x, time, operator, tables, grid)
+        state = self._run_blocks(x, modulation, inputs, grid)
+        if self.downsample is None:
+            return state, None
+        return state, self.downsample(state + x, modulation[-1], grid)
+
+
+class DecoderStage(_Stage):
     """Blocks are built in reverse order as in Poseidon, so block j is shifted iff (depth - 1 - j) is odd."""
 
     def __init__(self, config: ScOTConfig, level: int, drop_paths: list[float]):
@@ -157,6 +261,16 @@ class DecoderStage(nn.Module):
             for j in range(depth)
         )
         self.upsample = PatchUnmerging(config, dim) if level > 0 else None
+
+    @property
+    def sampler(self):
+        return self.upsample
+
+    def forward(self, x, time, operator, tables, *, grid: int):
+        """-> the blocks' output, unmerged to the next finer grid (except at level 0)."""
+        modulation, inputs = self._prepare(x, time, operator, tables, grid)
+        x = self._run_blocks(x, modulation, inputs, grid)
+        return x if self.upsample is None else self.upsample(x, modulation[-1], grid)
 
 
 class Encoder(nn.Module):
@@ -214,7 +328,21 @@ class ScOTPreTrainedModel(PreTrainedModel):
     base_model_prefix = "scot"
     main_input_name = "pixel_values"
     supports_gradient_checkpointing = True
-    _no_split_modules = ["SwinBlock", "ConvNeXtBlock"]
+    _no_split_modules = ["EncoderStage", "DecoderStage", "ConvNeXtBlock"]
+
+    def get_correct_attn_implementation(
+        self, requested_attention: str | None, is_init_check: bool = False
+    ) -> str:
+        """transformers' `attn_implementation=` (from_pretrained, set_attn_implementation) sets pdefm's own choice,
+        `ScOTConfig.attn_implementation`; transformers' attention registry does not apply to window attention."""
+        if requested_attention is None:
+            return self.config.attn_implementation
+        if requested_attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"attn_implementation must be one of {list(ATTENTION_IMPLEMENTATIONS)}, got {requested_attention!r}"
+            )
+        self.config.attn_implementation = requested_attention
+        return requested_attention
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -237,6 +365,8 @@ class ScOTPreTrainedModel(PreTrainedModel):
         elif isinstance(module, OperatorModulation):
             module.weight.zero_()
             module.bias.zero_()
+        elif isinstance(module, WindowTables):
+            module.reset_tables()  # non-persistent: transformers materialises them uninitialised when loading
 
 
 class ScOT(ScOTPreTrainedModel):
@@ -267,6 +397,7 @@ class ScOT(ScOTPreTrainedModel):
             if config.use_operator_conditioning
             else None
         )
+        self.window_tables = WindowTables(config)
         self.post_init()
         if self.operator_embedding is not None:
             self.operator_embedding.reset_parameters()
@@ -275,17 +406,24 @@ class ScOT(ScOTPreTrainedModel):
         """`torch.compile` every Swin and ConvNeXt block in place (regional compilation).
 
         Blocks of one width and shift share compiled code, so the cost is a few small graphs rather than the
-        whole network (scOT-T on 2 CPU cores: about 2 min, 20 s from a warm on-disk cache; a whole-model
-        compile did not finish in 15 min). Each (width, shift, grad mode, train/eval) variant is one entry of
-        dynamo's cache for the shared block code, hence the raised recompile limit. `options` go to
-        `torch.compile` (default `dynamic=False`).
+        whole network (scOT-T on 2 CPU cores: about 2 min, 20 s from a warm on-disk cache). Each (width, shift,
+        grad mode, train/eval) variant is one entry of dynamo's cache for the shared block code, hence the raised
+        recompile limit. `options` go to `torch.compile`; the default `dynamic=None` recompiles once when the
+        batch size first changes (a partial or evaluation batch) and then keeps the batch dimension dynamic.
         """
         blocks = [m for m in self.modules() if isinstance(m, (SwinBlock, ConvNeXtBlock))]
         limit = torch._dynamo.config.recompile_limit
         torch._dynamo.config.recompile_limit = max(limit, 4 * len(blocks))
-        options.setdefault("dynamic", False)
+        options.setdefault("dynamic", None)
         for block in blocks:
             block.compile(**options)
+
+    def compile_model(self, **options) -> None:
+        """`torch.compile` the whole forward in place (one graph: the fastest steps on a GPU, a longer first
+        step). `options` go to `torch.compile`; with the default `dynamic=None` a second batch size recompiles
+        once with a dynamic batch dimension, later sizes reuse that graph."""
+        options.setdefault("dynamic", None)
+        self.compile(**options)
 
     def forward(
         self,
@@ -295,14 +433,23 @@ class ScOT(ScOTPreTrainedModel):
         labels: torch.Tensor | None = None,
         pde_id: torch.Tensor | None = None,
         coefficients: torch.Tensor | None = None,
-    ) -> ScOTOutput:
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> ScOTOutput | tuple:
         """pixel_values [B, C_in, H, H], time [B] lead time in [0, 1]; pixel_mask [B, C_out] or [B, C_out, H, H]
         (True = not scored: the output takes the label there); labels [B, C_out, H, H]; with operator conditioning
         pde_id [B] (family index) and coefficients [B, num_coefficients] in [0, 1], otherwise they are ignored.
+
+        Checks shapes only, never values (that would wait on the device): callers feeding untrusted data run
+        `check_batch_values` at their data boundary. `return_dict=False` gives `ScOTOutput.to_tuple()`.
         """
-        if not torch.compiler.is_compiling():
-            _check_inputs(self.config, pixel_values, time, pixel_mask, labels, pde_id, coefficients)
         cfg = self.config
+        output_hidden_states = (
+            cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        return_dict = cfg.return_dict if return_dict is None else return_dict
+        if not torch.compiler.is_compiling():
+            _check_shapes(cfg, pixel_values, time, pixel_mask, labels, pde_id, coefficients)
         side = pixel_values.shape[-1]
         resample = side % cfg.min_side != 0
         x = fft_resample(pixel_values, cfg.image_size) if resample else pixel_values
@@ -313,27 +460,24 @@ class ScOT(ScOTPreTrainedModel):
 
         grid = x.shape[-1] // cfg.patch_size
         hidden = self.embeddings(x, time, operator)
-        skips = []
+        encoder_states, decoder_states, skips = [(hidden, grid)], [], []
         for level, stage in enumerate(self.encoder.layers):
-            stage_input = hidden
-            for block in stage.blocks:
-                hidden = block(hidden, time, operator, grid=grid >> level)
-            skip = hidden
+            g = grid >> level
+            state, hidden = stage(hidden, time, operator, self.window_tables.get(level, g, x.device), grid=g)
+            encoder_states.append((state, g))
             for convnext in self.residual_blocks[level]:
-                skip = convnext(skip, time, operator, grid >> level)
-            skips.append(skip)
-            if stage.downsample is not None:
-                hidden = stage.downsample(hidden + stage_input, time, operator, grid >> level)
+                state = convnext(state, time, operator, g)
+            skips.append(state)
 
         hidden = skips[-1]
+        decoder_states.append((hidden, grid >> (cfg.num_layers - 1)))
         for k, stage in enumerate(self.decoder.layers):
             level = cfg.num_layers - 1 - k
             if k > 0:
                 hidden = hidden + skips[level]
-            for block in stage.blocks:
-                hidden = block(hidden, time, operator, grid=grid >> level)
-            if stage.upsample is not None:
-                hidden = stage.upsample(hidden, time, operator, grid >> level)
+            g = grid >> level
+            hidden = stage(hidden, time, operator, self.window_tables.get(level, g, x.device), grid=g)
+            decoder_states.append((hidden, grid >> max(level - 1, 0)))
 
         output = self.patch_recovery(hidden, grid)
         if cfg.learn_residual:
@@ -343,15 +487,22 @@ class ScOT(ScOTPreTrainedModel):
         output, loss = masked_output_and_loss(
             output, labels, pixel_mask, cfg.channel_slice_list_normalized_loss, cfg.p
         )
-        return ScOTOutput(loss=loss, output=output)
+        result = ScOTOutput(loss=loss, output=output)
+        if output_hidden_states:
+            states = decoder_states + encoder_states
+            result.hidden_states = tuple(h for h, _ in states)
+            result.reshaped_hidden_states = tuple(
+                h.view(h.shape[0], g, g, h.shape[-1]).permute(0, 3, 1, 2) for h, g in states
+            )
+        return result if return_dict else result.to_tuple()
 
 
 def _shape_error(name: str, expected: str, got) -> ValueError:
     return ValueError(f"ScOT.forward: {name} must have shape {expected}, got {tuple(got)}")
 
 
-def _check_inputs(cfg, pixel_values, time, pixel_mask, labels, pde_id, coefficients) -> None:
-    """Clear errors for inputs the model cannot take: wrong rank/channels/shape, non-square, NaN/Inf."""
+def _check_shapes(cfg, pixel_values, time, pixel_mask, labels, pde_id, coefficients) -> None:
+    """Clear errors for inputs the model cannot take (rank, channels, shapes, dtypes): metadata only, no sync."""
     cin, cout = cfg.num_channels, cfg.num_out_channels
     for name, value in (("pixel_values", pixel_values), ("time", time)):
         if not isinstance(value, torch.Tensor):
@@ -365,11 +516,8 @@ def _check_inputs(cfg, pixel_values, time, pixel_mask, labels, pde_id, coefficie
         raise ValueError(f"ScOT.forward: pixel_values side {h} is smaller than patch_size {cfg.patch_size}")
     if tuple(time.shape) not in ((b,), (b, 1)):
         raise _shape_error("time", f"[{b}] (one lead time per sample)", time.shape)
-    tensors = {"pixel_values": pixel_values, "time": time}
-    if labels is not None:
-        if tuple(labels.shape) != (b, cout, h, w):
-            raise _shape_error("labels", f"[{b}, {cout}, {h}, {w}]", labels.shape)
-        tensors["labels"] = labels
+    if labels is not None and tuple(labels.shape) != (b, cout, h, w):
+        raise _shape_error("labels", f"[{b}, {cout}, {h}, {w}]", labels.shape)
     if pixel_mask is not None:
         if labels is None:
             raise ValueError("ScOT.forward: pixel_mask needs labels (masked entries take the label's value)")
@@ -385,17 +533,28 @@ def _check_inputs(cfg, pixel_values, time, pixel_mask, labels, pde_id, coefficie
             )
         if tuple(pde_id.shape) != (b,) or pde_id.is_floating_point():
             raise _shape_error("pde_id", f"int [{b}]", pde_id.shape)
-        if pde_id.min() < 0 or pde_id.max() >= cfg.num_pde_families:
-            raise ValueError(
-                f"ScOT.forward: pde_id must lie in [0, {cfg.num_pde_families}), got {pde_id.tolist()}"
-            )
         if tuple(coefficients.shape) != (b, cfg.num_coefficients):
             raise _shape_error("coefficients", f"[{b}, {cfg.num_coefficients}]", coefficients.shape)
-        tensors["coefficients"] = coefficients
-    for name, tensor in tensors.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            bad = (~torch.isfinite(tensor)).sum().item()
-            raise ValueError(f"ScOT.forward: {name} {tuple(tensor.shape)} has {bad} NaN/Inf entries")
+
+
+def check_batch_values(batch: Mapping[str, torch.Tensor], config: ScOTConfig) -> None:
+    """Value checks for one batch of `ScOT.forward` inputs, for data loaders to run where data enters (one host
+    sync for all fields): NaN/Inf in pixel_values, time, labels or coefficients, and, with operator
+    conditioning, pde_id outside [0, num_pde_families). Raises ValueError naming the field."""
+    floats = ("pixel_values", "time", "labels", "coefficients")
+    names = [k for k in floats if isinstance(batch.get(k), torch.Tensor) and batch[k].is_floating_point()]
+    counts = [(~torch.isfinite(batch[k])).sum() for k in names]
+    pde_id = batch.get("pde_id") if config.use_operator_conditioning else None
+    if pde_id is not None:
+        counts.append(((pde_id < 0) | (pde_id >= config.num_pde_families)).sum())
+    if not counts:
+        return
+    found = torch.stack([c.to(counts[0].device) for c in counts]).tolist()
+    for name, bad in zip(names, found, strict=False):
+        if bad:
+            raise ValueError(f"{name} {tuple(batch[name].shape)} has {bad} NaN/Inf entries")
+    if pde_id is not None and found[-1]:
+        raise ValueError(f"pde_id must lie in [0, {config.num_pde_families}), got {pde_id.tolist()}")
 
 
 AutoConfig.register(ScOTConfig.model_type, ScOTConfig)

@@ -1,29 +1,42 @@
-"""Swin-V2 continuous position bias, 16*sigmoid(MLP(relative coordinates)) per token pair, as one autograd Function.
+"""Swin-V2 continuous position bias, 16*sigmoid(MLP(relative coordinates)) per token pair, for all blocks of a level.
 
-The values are those of `Linear(2, 512) -> ReLU -> Linear(512, h)` on the coordinate table, then a gather to the
-window's token pairs. Autograd's generic backward of that tiny-batch MLP is dominated by badly shaped products
-(a [512, P] x [P, 2] matmul) and a scattered `index_put` for the gather; here the sigmoid runs on the (2w-1)^2
-table before the gather, the gather's backward is one `index_add`, and each product is ordered so it runs
-several times faster on CPU. Supports `torch.func` transforms (vmap over per-example gradients in PhysGuard).
+The values are those of each block's `Linear(2, 512) -> ReLU -> Linear(512, h)` on the coordinate table, then a
+gather to the window's token pairs. Blocks that share a window (one level of the U-Net) run as one batched product
+(`level_position_bias`), so a forward computes the bias once per level instead of once per block. The hand-written
+backward gathers with one `index_add`, skips autograd's badly shaped tiny-batch products and returns gradients in
+the parameters' own layout. Supports `torch.func` transforms (vmap over per-example gradients in PhysGuard).
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+from collections.abc import Sequence
+
 import torch
-import torch.nn.functional as F
+from torch import nn
+
+
+def autocast_off(device_type: str):
+    """A context without autocast on `device_type` (a no-op where autocast is unavailable, e.g. meta tensors)."""
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 class ContinuousPositionBias(torch.autograd.Function):
-    """(coords [P, 2], index [N*N] into P, w1 [H, 2], b1 [H], w2 [h, H]) -> bias [h, N*N]."""
+    """(coords [P, 2], index [N*N] into P, w1 [n, H, 2], b1 [n, H], w2 [n, h, H]) -> bias [n, h, N*N]."""
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(coords, index, w1, b1, w2):
-        with torch.autocast(coords.device.type, enabled=False):
-            hidden = torch.addmm(b1, coords.to(w1.dtype), w1.t()).relu_()  # [P, H]
-            table = torch.sigmoid(hidden @ w2.t()).t().contiguous()  # [h, P]; the products are F.linear's
-            return 16.0 * table.index_select(1, index), hidden, table
+        with autocast_off(coords.device.type):
+            n = w1.shape[0]
+            hidden = torch.baddbmm(b1.unsqueeze(1), coords.to(w1.dtype).expand(n, -1, -1), w1.transpose(1, 2))
+            hidden = hidden.relu_()  # [n, P, H]
+            table = torch.bmm(w2, hidden.transpose(1, 2)).sigmoid_().mul_(16.0)  # [n, h, P]
+            return table.index_select(2, index), hidden, table
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -35,24 +48,28 @@ class ContinuousPositionBias(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_bias, _grad_hidden, _grad_table):
         coords, index, w2, hidden, table = ctx.saved_tensors
-        grad_bias = grad_bias.to(table.dtype)
-        # sum over the token pairs sharing an offset, then back through 16*sigmoid, the MLP and the ReLU
-        grad_table = torch.zeros_like(table).index_add(1, index, grad_bias)
-        grad_logits = grad_table * (16.0 * table * (1.0 - table))  # [h, P]
-        grad_w2 = grad_logits @ hidden  # [h, H]
-        grad_hidden = torch.ops.aten.threshold_backward(grad_logits.t() @ w2, hidden, 0.0)  # [P, H]
-        inputs = F.pad(coords.to(hidden.dtype), (0, 1), value=1.0)  # [P, 3]: coordinates and a ones column
-        grad_w1_b1 = inputs.t() @ grad_hidden  # [3, H]: weight and bias gradients in one read of grad_hidden
-        return None, None, grad_w1_b1[:2].t(), grad_w1_b1[2], grad_w2
+        n = hidden.shape[0]
+        # sum over the token pairs sharing an offset, then back through 16*sigmoid (derivative table - table^2/16)
+        grad_table = torch.zeros_like(table).index_add(2, index, grad_bias.to(table.dtype))
+        grad_logits = grad_table * torch.addcmul(table, table, table, value=-1.0 / 16.0)  # [n, h, P]
+        grad_w2 = torch.bmm(grad_logits, hidden)  # [n, h, H]
+        grad_hidden = torch.ops.aten.threshold_backward(
+            torch.bmm(grad_logits.transpose(1, 2), w2), hidden, 0.0
+        )
+        coords_t = coords.to(hidden.dtype).t().expand(n, -1, -1)  # [n, 2, P]
+        grad_w1 = torch.bmm(coords_t, grad_hidden).transpose(1, 2).contiguous()  # [n, H, 2] as the weights
+        return None, None, grad_w1, grad_hidden.sum(1), grad_w2
 
 
-def continuous_position_bias(
-    coords: torch.Tensor, index: torch.Tensor, mlp: torch.nn.Sequential, num_heads: int
+def level_position_bias(
+    coords: torch.Tensor, index: torch.Tensor, mlps: Sequence[nn.Sequential]
 ) -> torch.Tensor:
-    """16*sigmoid(mlp(coords))[index] as [h, N, N], for `mlp` = Sequential(Linear(2, H), ReLU, Linear(H, h, no bias))."""
-    first, last = mlp[0], mlp[2]
-    bias, _, _ = ContinuousPositionBias.apply(
-        coords, index.reshape(-1), first.weight, first.bias, last.weight
-    )
-    n = index.shape[-1]
-    return bias.view(num_heads, n, n)
+    """16*sigmoid(mlp(coords))[index] as [n, h, N, N] for n MLPs `Sequential(Linear(2, H), ReLU, Linear(H, h))`
+    (no last bias) of equal shapes, in float32 (or the MLPs' dtype); `index` is [N*N] or [N, N]."""
+    index = index.reshape(-1)
+    w1 = torch.stack([mlp[0].weight for mlp in mlps])
+    b1 = torch.stack([mlp[0].bias for mlp in mlps])
+    w2 = torch.stack([mlp[2].weight for mlp in mlps])
+    bias, _, _ = ContinuousPositionBias.apply(coords, index, w1, b1, w2)
+    side = math.isqrt(index.numel())
+    return bias.view(len(mlps), w2.shape[1], side, side)

@@ -10,7 +10,7 @@ from transformers import AutoConfig, AutoModel
 
 from foundation.configuration_scot import ScOTConfig
 from foundation.loading import load_model
-from foundation.modeling_scot import ScOT
+from foundation.modeling_scot import ScOT, check_batch_values
 from foundation.resampling import fft_resample
 
 
@@ -142,8 +142,8 @@ def test_operator_conditioning_off_by_default_and_effective_when_on():
         cond(x, t)
     with pytest.raises(ValueError, match=r"coefficients must have shape \[2, 8\], got \(2, 5\)"):
         cond(x, t, pde_id=pde_id, coefficients=torch.rand(2, 5))
-    with pytest.raises(ValueError, match=r"pde_id must lie in \[0, 64\)"):
-        cond(x, t, pde_id=torch.tensor([0, 64]), coefficients=coeffs)
+    with pytest.raises(ValueError, match=r"pde_id must lie in \[0, 64\), got \[0, 64\]"):
+        check_batch_values({"pixel_values": x, "pde_id": torch.tensor([0, 64])}, cond.config)
 
 
 BAD_INPUTS = [
@@ -165,8 +165,6 @@ BAD_INPUTS = [
         r"labels must have shape \[2, 4, 32, 32\], got \(2, 4, 16, 16\)",
     ),
     ("mask", dict(mask=torch.zeros(2, 4)), r"pixel_mask must be bool \[2, 4\].*got torch.float32 \(2, 4\)"),
-    ("nan", dict(nan="x"), r"pixel_values \(2, 4, 32, 32\) has 1 NaN/Inf entries"),
-    ("inf", dict(nan="t"), r"time \(2,\) has 1 NaN/Inf entries"),
 ]
 
 
@@ -175,12 +173,23 @@ def test_bad_inputs_give_clear_errors(case, bad, message):
     model = _tiny()
     x, t, y = _batch()
     x, t, y = bad.get("x", x), bad.get("t", t), bad.get("y", y)
-    if bad.get("nan") == "x":
-        x[1, 2, 3, 4] = float("nan")
-    if bad.get("nan") == "t":
-        t[0] = float("inf")
     with pytest.raises(ValueError, match=message):
         model(x, t, labels=y, pixel_mask=bad.get("mask"))
+
+
+def test_value_checks_run_at_the_data_boundary_not_in_forward():
+    """forward never reads values (no host sync); loaders call check_batch_values on what they feed."""
+    model = _tiny()
+    x, t, y = _batch()
+    x[1, 2, 3, 4] = float("nan")
+    t[0] = float("inf")
+    with torch.no_grad():
+        assert model(x, t, labels=y).output.shape == (2, 4, 32, 32)
+    with pytest.raises(ValueError, match=r"pixel_values \(2, 4, 32, 32\) has 1 NaN/Inf entries"):
+        check_batch_values({"pixel_values": x, "time": t, "labels": y}, model.config)
+    with pytest.raises(ValueError, match=r"time \(2,\) has 1 NaN/Inf entries"):
+        check_batch_values({"pixel_values": _batch()[0], "time": t}, model.config)
+    check_batch_values(dict(zip(("pixel_values", "time", "labels"), _batch(), strict=True)), model.config)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
@@ -199,19 +208,85 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert all(torch.allclose(plain[k], checkpointed[k], rtol=1e-5, atol=1e-8) for k in plain)
 
 
-def test_attention_mask_cached_at_inference_until_weights_change():
+def _per_block_reference(attentions, shifted, tables, dtype):
+    """Each block's mask and q/k/v coefficients computed on their own with HF Swinv2's modular formulas."""
+    from foundation.attention import _MAX_LOGIT_SCALE
+
+    n = tables["index"].numel()
+    side = int(n**0.5)
+    out = []
+    for attention, shift in zip(attentions, shifted, strict=True):
+        mlp, h = attention.continuous_position_bias_mlp, attention.num_heads
+        table = mlp(tables["coords"])[tables["index"]].view(side, side, h).permute(2, 0, 1)
+        mask = (16 * torch.sigmoid(table)).unsqueeze(0)
+        if shift:
+            mask = mask + tables["shift_mask"]
+        scale = torch.clamp(attention.logit_scale, max=_MAX_LOGIT_SCALE).exp()
+        coef = torch.stack(
+            [
+                torch.cat([scale[None], torch.ones_like(scale)[None], torch.zeros_like(scale)[None]]),
+                torch.cat([torch.zeros_like(scale)[None]] * 2 + [torch.ones_like(scale)[None]]),
+            ]
+        )
+        out.append((mask.to(dtype), coef))
+    return out
+
+
+def test_attention_inputs_computed_once_per_stage_train_like_per_block(monkeypatch):
+    """The position-bias MLP runs once per stage (all its blocks batched); outputs and every gradient equal the
+    per-block modular computation (float32: outputs to 1e-6, gradients to rtol 1e-4)."""
+    import foundation.modeling_scot as modeling
+    from foundation.position_bias import ContinuousPositionBias
+
+    model = _tiny().train()
+    x, t, y = _batch()
+    calls = []
+    original = ContinuousPositionBias.apply
+    monkeypatch.setattr(ContinuousPositionBias, "apply", lambda *a: calls.append(1) or original(*a))
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        out = model(x, t, labels=y)
+        out.loss.backward()
+        return out.output.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    batched = run()
+    assert len(calls) == 2 * model.config.num_layers  # one per encoder and decoder stage, not per block
+    monkeypatch.setattr(modeling, "level_attention_inputs", _per_block_reference)
+    reference = run()
+    torch.testing.assert_close(batched[0], reference[0], rtol=1e-6, atol=1e-6)
+    for name, grad in reference[1].items():
+        torch.testing.assert_close(batched[1][name], grad, rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_geometry_tables_are_non_persistent_buffers_that_survive_loading(tmp_path):
     model = _tiny()
-    attn = model.encoder.layers[0].blocks[1].attention.self  # the shifted block at level 0
-    x, t, _ = _batch()
+    buffers = dict(model.named_buffers())
+    assert buffers and all(k.startswith("window_tables.") for k in buffers)
+    assert not any(k.startswith("window_tables") for k in model.state_dict())
+    model.save_pretrained(tmp_path)
+    loaded = ScOT.from_pretrained(tmp_path)
+    for name, value in loaded.named_buffers():
+        assert torch.equal(value, buffers[name]), name
+
+
+def test_hidden_states_and_tuple_outputs_as_poseidon():
+    model = _tiny()
+    x, t, y = _batch(side=64)
     with torch.no_grad():
-        first = model(x, t).output
-        (mask,) = [m for _, m in attn._mask_cache.values()]
-        model(x, t)
-        assert [m for _, m in attn._mask_cache.values()][0] is mask
-        attn.continuous_position_bias_mlp[2].weight.mul_(2.0)
-        changed = model(x, t).output
-        assert [m for _, m in attn._mask_cache.values()][0] is not mask
-    assert not torch.allclose(first, changed)
+        out = model(x, t, labels=y, output_hidden_states=True)
+        plain = model(x, t, labels=y, return_dict=False)
+    # decoder input and its 4 stage outputs, then the embedding and the 4 encoder stage outputs
+    grids = [2, 4, 8, 16, 16, 16, 16, 8, 4, 2]
+    widths = [192, 96, 48, 24, 24, 24, 24, 48, 96, 192]
+    assert [h.shape for h in out.hidden_states] == [(2, g * g, w) for g, w in zip(grids, widths, strict=True)]
+    assert [h.shape for h in out.reshaped_hidden_states] == [
+        (2, w, g, g) for g, w in zip(grids, widths, strict=True)
+    ]
+    assert torch.equal(out.reshaped_hidden_states[3][0, :, 1, 2], out.hidden_states[3][0, 1 * 16 + 2])
+    assert isinstance(plain, tuple) and len(plain) == 2
+    assert torch.equal(plain[0], out.loss) and torch.equal(plain[1], out.output)
+    assert model(x, t, return_dict=False)[0].shape == (2, 4, 64, 64)
 
 
 def test_main_path_compiles_without_graph_breaks():
