@@ -56,6 +56,9 @@ def generate(
     num_shards: int = typer.Option(
         None, "--num-shards", help="How many processes share the work; default $WORLD_SIZE, else 1."
     ),
+    threads: int = typer.Option(
+        1, "--threads", help="Torch threads per process on CPU (part of the settings: floats depend on it)."
+    ),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (under a launcher: cuda:$LOCAL_RANK)."),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Skip and count NaN/Inf trajectories."),
 ) -> None:
@@ -85,6 +88,7 @@ def generate(
         shard_mb=shard_mb,
         process_index=index,
         num_processes=count,
+        threads=threads,
     )
     if stats is None:
         typer.echo(

@@ -371,6 +371,7 @@ def generate_corpus(
     shard_mb: float = DEFAULT_SHARD_MB,
     process_index: int = 0,
     num_processes: int = 1,
+    threads: int = 1,
 ) -> dict | None:
     """Generates `trajectories` rows per family into `out`; resumes, keeping every finished shard.
 
@@ -379,10 +380,13 @@ def generate_corpus(
     `process_index` generates every `num_processes`-th (family, shard) job: shards depend only on
     (seed, family, shard), so N processes write the same corpus as one. The process that finds every
     shard finished merges the per-shard statistics into stats.json and returns the stats dict; the
-    others return None.
+    others return None. `threads` is the number of torch threads solving on CPU: solver floats depend on it,
+    so it is part of the settings (parallelism comes from processes).
     """
     out = Path(out)
     validate_generation(families, trajectories, resolution, snapshots, shard_size, shard_mb)
+    if threads < 1:
+        raise CorpusError(f"--threads must be >= 1, got {threads}")
     if on_invalid not in ("error", "skip"):
         raise ValueError(f"on_invalid must be 'error' or 'skip', got {on_invalid!r}")
     if not 0 <= process_index < num_processes:
@@ -395,6 +399,7 @@ def generate_corpus(
         "snapshots": snapshots,
         "seed": seed,
         "rows_per_shard": layout,
+        "threads": threads,
     }
     _settings_guard(out, settings)
     jobs = []
@@ -404,6 +409,33 @@ def generate_corpus(
     mine = jobs[process_index::num_processes]
     part = f" part {process_index + 1}/{num_processes}" if num_processes > 1 else ""
     bar = tqdm(mine, desc=f"generate{part} -> {out}", unit="shard", disable=not progress)
+    with _torch_threads(threads):
+        _generate_jobs(bar, out, layout, trajectories, resolution, snapshots, seed, device, on_invalid)
+    done = all(
+        (p := out / DATA_DIR / fam.name / shard_name(k, n)).exists() and sidecar_path(p).exists()
+        for fam, k, n in jobs
+    )
+    if not done:
+        return None
+    from filelock import FileLock
+
+    with FileLock(str(out / ".finalize.lock")):
+        return finalize_corpus(out, registry_families=families, progress=progress)
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int):
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _generate_jobs(bar, out, layout, trajectories, resolution, snapshots, seed, device, on_invalid) -> None:
     for family, k, n_shards in bar:
         path = out / DATA_DIR / family.name / shard_name(k, n_shards)
         if path.exists() and _existing_shard_ok(path):
@@ -417,16 +449,6 @@ def generate_corpus(
         kept, skipped = check_trajectories(solved.to_trajectories(family), str(path), on_invalid)
         rows = (encode_row(tr, f"{family.name}/{k:05d}/{i:04d}") for i, tr in enumerate(kept))
         write_shard(path, rows, skipped)
-    done = all(
-        (p := out / DATA_DIR / fam.name / shard_name(k, n)).exists() and sidecar_path(p).exists()
-        for fam, k, n in jobs
-    )
-    if not done:
-        return None
-    from filelock import FileLock
-
-    with FileLock(str(out / ".finalize.lock")):
-        return finalize_corpus(out, registry_families=families, progress=progress)
 
 
 def write_corpus(

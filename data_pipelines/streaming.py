@@ -51,6 +51,7 @@ import logging
 import math
 import os
 import struct
+import warnings
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -76,6 +77,8 @@ from data_pipelines.normalization import Normalizer, RunningMoments
 from data_pipelines.semigroup import all2all_pairs, coefficient_vector, is_steady, make_example
 
 logger = logging.getLogger(__name__)
+# torchdata 0.11 calls a deprecated torch API on every loader it builds; the warning says nothing to users
+warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
 STATE_VERSION = 1
 STRATEGIES = ("all_exhausted", "first_exhausted")
 CACHE_ENV = "PDEFM_CORPUS_CACHE"
