@@ -35,6 +35,16 @@ def _lr_scales(spec: str | None) -> dict[str, float]:
     return scales
 
 
+def _factors(spec: str | None) -> list[float] | None:
+    """ "0.33,1,3" -> [0.33, 1.0, 3.0]; None stays None; anything else is a usage error."""
+    try:
+        return [float(v) for v in names(spec)] if spec else None
+    except ValueError:
+        raise typer.BadParameter(
+            f"expected comma-separated numbers, got {spec!r}", param_hint="--lr-grid"
+        ) from None
+
+
 def _budget(epochs: int, max_steps: int | None, batch_size: int, lr: float, device: str):
     from eval_suite.studies.candidates import Budget
 
@@ -72,6 +82,11 @@ def few_shot(
     lr_scales: str = typer.Option(
         None, help="Per-candidate factors on the learning rates, e.g. full=2,fno=0.5 (default 1)."
     ),
+    lr_grid: str = typer.Option(
+        None,
+        help="Choose each candidate's learning-rate factor from these (e.g. 0.33,1,3) on the validation "
+        "split, per shot count; the report lists the choices.",
+    ),
     device: str = typer.Option("cpu"),
 ) -> None:
     """Error against number of trajectories for methods and baselines, with AG/EG over FNO, scOT from scratch
@@ -93,6 +108,7 @@ def few_shot(
         budget=_budget(epochs, max_steps, batch_size, lr, device),
         sim_data=sim_data,
         lr_scales=_lr_scales(lr_scales),
+        lr_grid=_factors(lr_grid),
     )
     metrics = run_few_shot(data, out, model=model, config=config, log=typer.echo)
     typer.echo(

@@ -171,6 +171,32 @@ def test_horizon_options_change_what_is_scored_beside_persistence(study_inputs, 
     assert "multiple of the snapshot spacing 1/4" in str(result.exception)
 
 
+def test_few_shot_learning_rate_factors_are_chosen_on_validation(study_inputs, tmp_path):
+    data, _ = study_inputs
+    out = tmp_path / "tuned"
+    args = ["few-shot", "--data", str(data), "--out", str(out), "--shots", "2", "--seeds", "0,1"]
+    args += ["--candidates", "fno", "--val", "1", "--test", "3", "--epochs", "1", "--max-steps", "2"]
+    args += ["--lr-grid", "0.5,2"]
+    result = CliRunner().invoke(eval_app, args)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    choice = metrics["lr_search"]["fno"]["2"]
+    assert {"0.5", "2"} <= set(choice["val_loss"]) and choice["val_loss"][f"{choice['scale']:.4g}"] == min(
+        choice["val_loss"].values()
+    )
+    runs = metrics["results"]["fno"]["2"]["seeds"]
+    assert {r["train"]["lr_scale"] for r in runs.values()} == {choice["scale"]}
+    assert "Learning rates chosen on the validation split" in (out / "report.md").read_text()
+    # seed 0 keeps the chosen trial: the same as training it again with that factor
+    pool, test = split_test(load_trajectories(data), 3, 0)
+    train, val = draw_shots(pool, 2, 1, 0)
+    budget = Budget(epochs=1, max_steps=2)
+    op, _ = fit_candidate("fno", train, val, budget=budget, seed=0, lr_scale=choice["scale"])
+    assert score(forecast(op, test))[0]["rel_l1"]["median"] == pytest.approx(
+        runs["0"]["summary"]["rel_l1"]["median"], rel=1e-5
+    )
+
+
 def test_a_report_says_first_when_no_candidate_beats_persistence(tmp_path):
     """On frozen dynamics (every snapshot equal) persistence is exact, so no trained candidate can beat it."""
     batch = get_family("ns_sines").generate(6, 16, 2, seed=3)

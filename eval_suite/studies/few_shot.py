@@ -33,8 +33,9 @@ from eval_suite.studies.candidates import (
     scratch_options,
 )
 from eval_suite.studies.splits import draw_shots, split_test
+from eval_suite.studies.tuning import tune_candidate
 from eval_suite.verdict import pretrained_vs_scratch, versus_persistence
-from finetune.data import load_trajectories, select_fields
+from finetune.data import load_trajectories
 from finetune.methods.physguard import PhysGuardOptions
 
 HEADLINE = "rel_l1"
@@ -67,6 +68,9 @@ class FewShotConfig:
     physguard: PhysGuardOptions = field(default_factory=PhysGuardOptions)
     lr_scales: dict[str, float] = field(default_factory=dict)
     """Per candidate, a factor on its learning rates (a method's group rates, a baseline's budget.lr)."""
+    lr_grid: list[float] | None = None
+    """Factors to choose from per candidate and shot count on the first seed's validation split (every seed
+    then trains with the chosen one); None: `lr_scales` as given."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -128,7 +132,7 @@ def run_few_shot(
     candidates = with_scratch(cfg.candidates)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    trajs = select_fields(load_trajectories(data), cfg.fields)
+    trajs = load_trajectories(data, fields=cfg.fields)
     pool, test = split_test(trajs, cfg.n_test, cfg.split_seed)
     shots = sorted(set(cfg.shots))
     draw_shots(pool, shots[-1], cfg.n_val, cfg.seeds[0])  # fail before any training if the data is too small
@@ -150,26 +154,24 @@ def run_few_shot(
         bases = physguard_bases(model, trajs[0].fields, sim, cfg.physguard)
 
     results: dict = {name: {} for name in candidates}
+    tuned: dict[str, dict] = {}
     keep: dict[str, Forecast] = {}
     for name in candidates:
         for n in shots:
             runs = {}
+            lr_scale = cfg.lr_scales.get(name, 1.0)
             for seed in cfg.seeds:
                 log(f"few-shot: {name} with {n} trajectories, seed {seed}")
                 train, val = draw_shots(pool, n, cfg.n_val, seed)
-                lr_scale = cfg.lr_scales.get(name, 1.0)
-                op, history = fit_candidate(
-                    name,
-                    train,
-                    val,
-                    budget=cfg.budget,
-                    seed=seed,
-                    model=model,
-                    bases=bases,
-                    alpha=cfg.physguard.alpha,
-                    lr_scale=lr_scale,
-                    **options[name],
-                )
+                fit = dict(budget=cfg.budget, seed=seed, model=model, bases=bases, alpha=cfg.physguard.alpha)
+                if cfg.lr_grid and seed == cfg.seeds[0]:  # the first seed's validation split picks the factor
+                    choice = tune_candidate(
+                        name, train, val, grid=cfg.lr_grid, log=log, **fit, **options[name]
+                    )
+                    lr_scale, (op, history) = choice.scale, choice.fitted
+                    tuned.setdefault(name, {})[n] = choice.to_dict()
+                else:
+                    op, history = fit_candidate(name, train, val, lr_scale=lr_scale, **fit, **options[name])
                 summary, fc = evaluate_operator(op, test, cfg)
                 train_record = {
                     "steps": history.steps,
@@ -210,6 +212,7 @@ def run_few_shot(
         "horizon": _horizon_record(test, cfg),
         "headline": f"{HEADLINE}: median over test samples, mean +- std over seeds",
         "results": results,
+        "lr_search": tuned,
         "curves": curves,
         "persistence": {"summary": still, HEADLINE: still[HEADLINE]["median"]},
         "zero_shot": zero_shot,
@@ -362,6 +365,20 @@ def _sections(metrics: dict, results: dict, shots: list[int], figs: dict[str, Pa
         ("Median relative L1 error against trajectories (mean ± std over seeds)", curve_text),
         (f"All metrics at N={shots[-1]} (median over test samples, mean over seeds)", all_metrics),
     ]
+    if metrics["lr_search"]:
+        search = [
+            [name, n, choice["scale"], ", ".join(f"{k}: {fmt(v, 3)}" for k, v in choice["val_loss"].items())]
+            for name, by_n in metrics["lr_search"].items()
+            for n, choice in by_n.items()
+        ]
+        sections.append(
+            (
+                "Learning rates chosen on the validation split",
+                table(["candidate", "N", "factor", "best validation loss per factor"], search)
+                + "\n\nA factor scales the candidate's own rates (a method's groups together, a baseline's "
+                "budget lr); it is chosen on the first seed's validation trajectories and used for every seed.",
+            )
+        )
     versus = metrics["pretrained_vs_scratch"]
     if versus.get("mean") is not None:
         per_seed = ", ".join(
