@@ -7,19 +7,27 @@ a generated corpus, with the same steps, batch and learning rate; it records its
 trains (`--downstream`): zero-shot on held-out trajectories of its pretraining families for the model, data
 and compute axes, few-shot on the held-out target family for the families axis. The runs then go through
 `scaling_runs.run_scaling_runs`, so the in-process and the cluster study measure and fit the same thing.
-Runs and corpora are kept under the output folder; a rerun resumes or reuses them.
+The same architecture with random weights, scored on the same tasks, is drawn beside them as the
+no-pretraining reference. Runs and corpora are kept under the output folder; a rerun resumes or reuses them.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+
 from data_pipelines.corpus import generate_corpus
+from data_pipelines.normalization import Normalizer
 from data_pipelines.solvers.registry import get_family
 from eval_suite.studies.scaling_runs import AXES, RunsScalingConfig, run_scaling_runs
+from foundation.configuration_scot import ScOTConfig
+from foundation.modeling_scot import ScOT
 from foundation.pretrain.config import PretrainConfig
+from foundation.pretrain.downstream import DownstreamSuite
 from foundation.pretrain.loop import pretrain
 
 DEFAULT_VALUES = {
@@ -181,15 +189,6 @@ def run_scaling(
 def untrained_reference(runs: Sequence[str], seeds: Sequence[int], log) -> dict[str, dict]:
     """The runs' downstream tasks scored on their architecture with random weights (one per seed): the
     error with no pretraining at all, against which every point of the axis reads. Cached in the run folder."""
-    import json
-
-    import torch
-
-    from data_pipelines.normalization import Normalizer
-    from foundation.configuration_scot import ScOTConfig
-    from foundation.modeling_scot import ScOT
-    from foundation.pretrain.downstream import DownstreamSuite
-
     errors = {}
     for run, seed in zip(runs, seeds, strict=True):
         cache = Path(run) / "untrained_reference.json"
