@@ -209,7 +209,12 @@ def _pipeline(cfg: QuickstartConfig, out: Path, hub: LocalHub, stages: Stages, c
                 checkpoint_every=max(1, cfg.pretrain_steps // 6),
                 log_every=20,
                 seed=cfg.seed,
-                resume=True,
+                resume="auto",
+                downstream=[
+                    f"{cfg.held_out} zero-shot n=4 resolution={cfg.resolution} snapshots={cfg.snapshots} "
+                    f"lead={cfg.eval_lead_time}"
+                ],
+                downstream_every=max(1, cfg.pretrain_steps // 8),
             )
         )
     model_commit = _commit_sha(push_checkpoint(pretrain_dir / "model", model_id))
