@@ -6,8 +6,9 @@ map-style reader, and how well the mixture holds its weights.
   warm-up epoch over a tiny separate corpus (so imports and first-use reads are not counted). The sum
   over units divided by the corpus bytes is the amplification (goal <= 1.10).
 - `throughput_per_unit`: examples per second of one DataLoader worker for the stream (all2all pairs,
-  stride 2: 66 per trajectory; and 1 pair per trajectory, where every example pays a whole-trajectory
-  read and decode) and for Poseidon's loader design (an index over (trajectory, t1, t2), two snapshot
+  stride 2: 66 per trajectory, through a plain DataLoader and through `make_loader`, which snapshots the
+  stream state after every batch; and 1 pair per trajectory, where every example pays a
+  whole-trajectory read and decode) and for Poseidon's loader design (an index over (trajectory, t1, t2), two snapshot
   reads per example from an HDF5 file chunked per snapshot, opened lazily in the worker).
 - `mixture_max_deviation <pp>`: weights 0.5/0.3/0.2 over three families; the largest gap, in percentage
   points, between a family's share and its weight in any window of 500 of the first 5,000 examples.
@@ -37,7 +38,7 @@ from data_pipelines.corpus import reshard_corpus, write_corpus
 from data_pipelines.fields import POSEIDON_CHANNELS
 from data_pipelines.normalization import Normalizer
 from data_pipelines.semigroup import all2all_pairs, make_example
-from data_pipelines.streaming import MixtureStream
+from data_pipelines.streaming import MixtureStream, make_loader
 from data_pipelines.trajectory import Trajectory
 
 T, C, RES = 21, 4, 64
@@ -95,7 +96,8 @@ def rank_epoch(corpus: str, warm: str, rank: int, world: int, workers: int, out:
         pass
 
 
-def read_amplification(corpus: Path, warm: Path, world: int, workers: int, work: Path) -> tuple[float, int]:
+def read_amplification(corpus: Path, warm: Path, world: int, workers: int, work: Path) -> tuple[int, int]:
+    """Bytes all units of the layout read during their epoch, and the examples they yielded."""
     out = Path(tempfile.mkdtemp(dir=work, prefix=f"io-{world}x{workers}-"))
     ctx = multiprocessing.get_context("spawn")
     procs = [
@@ -109,8 +111,7 @@ def read_amplification(corpus: Path, warm: Path, world: int, workers: int, work:
         assert p.exitcode == 0, f"rank process exited with {p.exitcode}"
     reports = [json.loads(f.read_text()) for f in out.glob("*.json")]
     assert len(reports) == world * workers, f"{len(reports)} unit reports, expected {world * workers}"
-    corpus_bytes = sum(p.stat().st_size for p in corpus.glob("data/*/*.parquet"))
-    return sum(r["bytes"] for r in reports) / corpus_bytes, sum(r["examples"] for r in reports)
+    return sum(r["bytes"] for r in reports), sum(r["examples"] for r in reports)
 
 
 class H5Pairs(torch.utils.data.Dataset):
@@ -155,6 +156,7 @@ def throughput(corpus: Path, trajs: list[Trajectory], work: Path, samples: int, 
     loaders = {
         "h5py map-style (Poseidon-style pairs)": lambda: torch.utils.data.DataLoader(h5, shuffle=True, **kw),
         "stream, all2all pairs": lambda: torch.utils.data.DataLoader(stream_all, **kw),
+        "stream, all2all pairs, make_loader": lambda: make_loader(stream_all, 32, 1),
         "stream, 1 pair / trajectory": lambda: torch.utils.data.DataLoader(stream_one, **kw),
     }
     rates: dict[str, list[float]] = {name: [] for name in loaders}
@@ -198,8 +200,11 @@ def main() -> None:
     )
     for layout in args.units.split(","):
         world, workers = (int(x) for x in layout.lower().split("x"))
-        ratio, examples = read_amplification(work / "corpus", work / "warm", world, workers, work)
-        print(f"read_amplification {layout} {ratio:.3f}   ({examples} examples, one epoch)")
+        read, examples = read_amplification(work / "corpus", work / "warm", world, workers, work)
+        print(
+            f"read_amplification {layout} {read / corpus_bytes:.3f}   ({read / 2**20:.1f} MiB read by "
+            f"{world * workers} unit(s) in one epoch of {examples} examples)"
+        )
     rates = throughput(work / "corpus", trajs, work, args.samples, args.repeats)
     base = rates["h5py map-style (Poseidon-style pairs)"]
     for name, runs in rates.pop("_runs").items():

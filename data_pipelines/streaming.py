@@ -177,8 +177,8 @@ def _merge_field_stats(tables: list[dict]) -> dict:
 
 
 def _open_shard(path: Path):
-    """The file object a unit reads a shard through (unbuffered: pyarrow asks for exact ranges)."""
-    return open(path, "rb", buffering=0)
+    """The file a unit reads a shard through: arrow's own, unbuffered (reads are exact byte ranges)."""
+    return pa.OSFile(str(path), "r")
 
 
 class _ShardReader:
@@ -188,15 +188,15 @@ class _ShardReader:
         self.path = path
         self.file = _open_shard(path)
         try:
-            size = os.fstat(self.file.fileno()).st_size
+            size = os.stat(path).st_size
             if size != expected["bytes"]:
                 raise CorpusError(f"{path}: shard has {size} bytes, stats.json records {expected['bytes']}")
-            self.file.seek(-8, os.SEEK_END)
+            self.file.seek(size - 8)
             tail = self.file.read(8)
             length = struct.unpack("<i", tail[:4])[0]
             if tail[4:] != b"PAR1" or not 0 < length <= size - 12:
                 raise CorpusError(f"{path}: not a parquet file (bad footer)")
-            self.file.seek(-8 - length, os.SEEK_END)
+            self.file.seek(size - 8 - length)
             metadata = pq.read_metadata(pa.BufferReader(b"PAR1" + self.file.read(length) + tail))
             check_footer(path, metadata, expected)
             self.parquet = pq.ParquetFile(self.file, metadata=metadata)
@@ -581,24 +581,38 @@ class _UnitStream:
         s = self.stream
         return all2all_pairs(int(row["shape"][0]), s.stride, s.max_lead, s.span, is_steady(row["pde"]))
 
-    def _mapped(self, key: str, row: dict) -> tuple:
+    def _resident(self, key: str, row: dict) -> dict:
+        """A pooled row decoded: its raw `u`, mask, conditioning, pairs, and its snapshots mapped so far."""
         if key not in self.mapped:
             s = self.stream
             source = f"{row['pde']} row {row['id']!r}"
-            u = decode_u(row["u"], row["shape"], source)
-            mapped, mask = s.channel_map(u, row["fields"], s.normalizer, source)
             cond = None
             if s.pde_vocabulary is not None:
                 if row["pde"] not in s.pde_vocabulary:
                     raise CorpusError(
                         f"{source}: pde {row['pde']!r} not in pde_vocabulary {s.pde_vocabulary}"
                     )
-                cond = (
-                    s.pde_vocabulary.index(row["pde"]),
-                    coefficient_vector(row["pde"], json.loads(row["params"])),
-                )
-            self.mapped[key] = (mapped, mask, cond, self._pairs(row))
+                params = json.loads(row["params"])
+                cond = (s.pde_vocabulary.index(row["pde"]), coefficient_vector(row["pde"], params))
+            self.mapped[key] = {
+                "u": decode_u(row["u"], row["shape"], source),
+                "mask": s.channel_map.plan(row["fields"], source)[1].copy(),
+                "cond": cond,
+                "pairs": self._pairs(row),
+                "source": source,
+                "snapshots": {},
+            }
         return self.mapped[key]
+
+    def _snapshot(self, resident: dict, row: dict, t: int) -> np.ndarray:
+        """Snapshot `t` in the model's channel layout, normalised (mapped once, only when a pair uses it)."""
+        if t not in resident["snapshots"]:
+            s = self.stream
+            mapped, _ = s.channel_map(
+                resident["u"][t : t + 1], row["fields"], s.normalizer, resident["source"]
+            )
+            resident["snapshots"][t] = mapped[0]
+        return resident["snapshots"][t]
 
     def _draw(self, index: int) -> dict:
         """The next example of family `index`: a pair drawn uniformly over the family's pool."""
@@ -615,18 +629,20 @@ class _UnitStream:
             if pick < left:
                 break
             pick -= left
-        mapped, mask, cond, pairs = self._mapped(key, entry["row"])
-        i, j, lead = pairs[entry["perm"][entry["pos"]]]
+        row = entry["row"]
+        resident = self._resident(key, row)
+        i, j, lead = resident["pairs"][entry["perm"][entry["pos"]]]
+        both = np.stack([self._snapshot(resident, row, i), self._snapshot(resident, row, j)])
         if entry["pos"] + 1 == len(entry["perm"]):
             del pool[key]
             state["order"].remove(key)
             self.mapped.pop(key, None)
         else:
             pool[key] = {**entry, "pos": entry["pos"] + 1}
-        example = make_example(mapped, mask, i, j, lead, cond)
+        example = make_example(both, resident["mask"], 0, 1, lead, resident["cond"])
         example["family"] = family
         if self.stream.return_ids:
-            example["id"] = entry["row"]["id"]
+            example["id"] = row["id"]
         return example
 
     def epoch(self) -> Iterator[dict]:

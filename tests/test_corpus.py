@@ -280,6 +280,11 @@ def test_bad_settings_write_nothing_and_a_failed_run_never_blocks_the_rerun(tmp_
     assert (out / "generation.json").exists() and not list(out.rglob("*.parquet"))
     result = runner.invoke(app, [*args, "--resolution", "16"])
     assert result.exit_code == 0, result.output
+    part = [*args, "--resolution", "16", "--shard-size", "1", "--out", str(tmp_path / "parts")]
+    result = runner.invoke(app, part, env={"RANK": "0", "WORLD_SIZE": "2"})
+    assert result.exit_code == 0 and "part 1/2 done" in result.output, result.output
+    result = runner.invoke(app, part, env={"RANK": "1", "WORLD_SIZE": "2"})
+    assert result.exit_code == 0 and "2 trajectories, 1 families" in result.output, result.output
     with pytest.raises(CorpusError, match="--shard-mb must be > 0"):
         generate_corpus(out, resolve_families("ns_sines"), 2, 16, 3, shard_mb=0)
 
@@ -317,7 +322,7 @@ def test_reshard_keeps_every_row(corpus, tmp_path):
 
 @pytest.mark.parametrize("damage", ["deleted", "flipped", "extra", "truncated"])
 def test_damaged_corpus_is_refused_naming_the_shard(corpus, tmp_path, damage):
-    from data_pipelines.streaming import MixtureStream
+    from data_pipelines.streaming import MixtureStream, make_loader
     from finetune.data import load_trajectories as finetune_load
 
     bad = tmp_path / damage
@@ -343,6 +348,9 @@ def test_damaged_corpus_is_refused_naming_the_shard(corpus, tmp_path, damage):
         push_corpus(bad, "pdefm-tests/never-pushed")  # refused before any Hub call
     with pytest.raises(CorpusError, match=name):
         list(MixtureStream(bad, ["u", "v"]))  # deleted/extra/truncated on open, flipped when the row is read
+    if damage == "flipped":  # raised in a DataLoader worker, it reaches the loop with its own message
+        with pytest.raises(CorpusError, match=f"^{bad}/data/{name} row .*checksum"):
+            list(make_loader(MixtureStream(bad, ["u", "v"], world_size=1, rank=0), 2, 2))
     problems, _ = verify_corpus(bad)
     assert len(problems) == 1 and name in problems[0]
     result = CliRunner().invoke(app, ["verify", str(bad)])
