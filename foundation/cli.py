@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from data_pipelines.comma_lists import names
 from data_pipelines.settings import settings_command
 
 pretrain_app = typer.Typer(help="Pretrain scOT on a streamed corpus (run under `accelerate launch`).")
@@ -48,11 +49,15 @@ def push(
     repo_id: str = typer.Argument(..., help="Target model repo, org/name."),
     revision: str = typer.Option(None, help="Branch to push to (created from main if missing)."),
     private: bool = typer.Option(False, help="Create the repo private."),
+    siblings: str = typer.Option(
+        None, help="Sibling runs (folders or Hub ids), comma separated: the card ranks the model among them."
+    ),
 ):
     """Upload a checkpoint with its model card; HF_ENDPOINT selects the Hub (huggingface.co when unset)."""
     from foundation.hub.push import push_checkpoint
 
-    typer.echo(push_checkpoint(checkpoint, repo_id, revision=revision, private=private))
+    url = push_checkpoint(checkpoint, repo_id, revision=revision, private=private, siblings=names(siblings))
+    typer.echo(url)
 
 
 def _pretrain_params() -> list:

@@ -284,3 +284,25 @@ def test_hub_corpus_and_bf16_first_step(hub_server, corpora, reference_run, tmp_
         AcceleratorState._reset_state(reset_partial_state=True)
     assert bf16["mixed_precision"] == "bf16"
     assert bf16["loss_history"][0] == pytest.approx(reference, rel=3e-2)
+
+
+def test_push_writes_downstream_and_sibling_sections(hub_server, corpora, tmp_path):
+    """`pdefm push --siblings` writes the run's downstream curve and its rank among sibling runs into the card."""
+    from eval_suite.command_line import main
+
+    task = ["diffusion zero-shot n=2 resolution=32 snapshots=5 name=diff"]
+    runs = []
+    for seed in (0, 1):
+        out = tmp_path / f"run{seed}"
+        pretrain(_config(corpora, out, seed=seed, downstream=task, downstream_every=3, log_with="none"))
+        runs.append(out)
+    rows = [json.loads(x) for x in (runs[0] / "model" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "downstream/diff.zero-shot/rel_l1" in r] == [3, 6]
+    args = ["push", str(runs[0]), "pdefm-tests/with-siblings", "--siblings", str(runs[1])]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    card = ModelCard.load("pdefm-tests/with-siblings").text
+    assert "## Downstream error during pretraining" in card and "| diff.zero-shot |" in card
+    assert "## Scaling position among sibling runs" in card and "(this model)" in card
+    assert "Rank of this model (1 = lowest error): diff.zero-shot:" in card and "of 2" in card
+    assert "metrics.jsonl" in HfApi().list_repo_files("pdefm-tests/with-siblings")

@@ -21,11 +21,23 @@ def _fmt(x) -> str:
 
 
 def write_model_card(
-    folder: str | Path, summary: dict, training_args: dict, repo_id: str | None = None
+    folder: str | Path,
+    summary: dict,
+    training_args: dict,
+    repo_id: str | None = None,
+    siblings: list[str] | None = None,
 ) -> Path:
     """Write ``folder/README.md``: YAML metadata (library_name, license, tags, families, data size, steps,
-    final metrics) and sections on intended use and how to fine-tune."""
+    final metrics), sections on intended use and how to fine-tune, the downstream error recorded while the
+    run trained (``folder/metrics.jsonl``) and, given `siblings` (run folders or Hub ids), the model's
+    position among them."""
+    from foundation.hub.run_records import downstream_section, read_rows, run_record, siblings_section
+
     folder = Path(folder)
+    records = downstream_section(read_rows(folder / "metrics.jsonl"))
+    if siblings:
+        this = {**run_record(str(folder)), "name": repo_id or folder.parent.name}
+        records += "\n" + siblings_section(this, [run_record(s) for s in siblings])
     families = sorted(summary.get("families", {}))
     trajectories = sum(summary.get("families", {}).values())
     hub_corpora = [c for c in training_args.get("corpus", []) if not Path(c).exists() and c.count("/") == 1]
@@ -67,6 +79,7 @@ scOT (the Poseidon architecture) pretrained with `pdefm pretrain` on a streamed 
 | final held-out loss | {_fmt(summary.get("final_eval_loss"))} |
 | channels | {channels} |
 
+{records}
 ## Intended use
 
 {_INTENDED_USE}

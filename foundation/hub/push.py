@@ -10,7 +10,7 @@ from huggingface_hub import HfApi, snapshot_download
 from foundation.hub.card import write_model_card
 
 CHECKPOINT_FILES = ("config.json", "model.safetensors")
-OPTIONAL_FILES = ("training_args.json", "train_summary.json", "README.md")
+OPTIONAL_FILES = ("training_args.json", "train_summary.json", "metrics.jsonl", "README.md")
 
 
 def checkpoint_folder(path: str | Path) -> Path:
@@ -27,18 +27,23 @@ def checkpoint_folder(path: str | Path) -> Path:
 
 
 def push_checkpoint(
-    folder: str | Path, repo_id: str, revision: str | None = None, private: bool = False
+    folder: str | Path,
+    repo_id: str,
+    revision: str | None = None,
+    private: bool = False,
+    siblings: list[str] | None = None,
 ) -> str:
     """Upload config.json, model.safetensors, training arguments, summary and a model card; returns the commit URL.
 
-    A README.md is written from train_summary.json / training_args.json when the folder has none.
+    A README.md is written from train_summary.json / training_args.json (and metrics.jsonl) when the folder
+    has none or when `siblings` (run folders or Hub ids) are given for the card's scaling section.
     `revision` names a branch, created from main when missing.
     """
     folder = checkpoint_folder(folder)
-    if not (folder / "README.md").exists():
+    if siblings or not (folder / "README.md").exists():
         summary = _read_json(folder / "train_summary.json")
         args = _read_json(folder / "training_args.json")
-        write_model_card(folder, summary, args, repo_id)
+        write_model_card(folder, summary, args, repo_id, siblings=siblings)
     api = HfApi()
     api.create_repo(repo_id, private=private, exist_ok=True)
     if revision is not None and revision not in {b.name for b in api.list_repo_refs(repo_id).branches}:

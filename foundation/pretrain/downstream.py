@@ -214,7 +214,8 @@ def load_task_trajectories(
     want = limit or spec.trajectories
     if spec.kind == "family":
         res = spec.resolution or resolution
-        return family_trajectories(spec.name, spec.coefficient_ranges, want, res, spec.snapshots, spec.seed)
+        family = spec.source.split(":", 1)[0]  # `name=` renames the task, not the family
+        return family_trajectories(family, spec.coefficient_ranges, want, res, spec.snapshots, spec.seed)
     path = Path(spec.source)
     if spec.kind == "path" and path.is_file():
         from data_pipelines.formats import read_any

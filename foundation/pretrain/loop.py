@@ -25,6 +25,7 @@ from foundation.modeling_scot import ScOT
 from foundation.pretrain.config import PretrainConfig
 from foundation.pretrain.optimization import make_optimizer, warmup_cosine
 from foundation.training import Trainer, TrainHooks, make_accelerator
+from foundation.training.core import METRICS_FILE
 from foundation.training.distributed import on_main_then_share
 
 logger = logging.getLogger(__name__)
@@ -196,6 +197,8 @@ def _write_model(trainer: Trainer, config: PretrainConfig, summary: dict, state_
     )
     config.save(tmp / "training_args.json")
     (tmp / "train_summary.json").write_text(json.dumps(summary, indent=1))
+    if (out / METRICS_FILE).is_file():  # the run's records travel with the model (and its card)
+        shutil.copyfile(out / METRICS_FILE, tmp / METRICS_FILE)
     write_model_card(tmp, summary, config.to_dict())
     if folder.exists():
         shutil.rmtree(folder)
