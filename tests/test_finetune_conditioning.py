@@ -17,10 +17,6 @@ from foundation.conditioning import build_vocabulary, extend_vocabulary, operato
 from foundation.loading import load_model
 
 PRETRAIN_FAMILIES = ("diffusion", "advection", "allen_cahn")
-NEEDS_LOOP = pytest.mark.xfail(
-    reason="the pretraining loop does not pass build_vocabulary(...) to the stream and the config yet",
-    strict=False,
-)
 
 
 def _conditioned(vocabulary, rows):
@@ -97,14 +93,12 @@ def pretrained(tmp_path_factory):
     return root / "run" / "model"
 
 
-@NEEDS_LOOP
 def test_pretraining_stores_the_corpus_vocabulary(pretrained):
     model = load_model(pretrained)
     assert model.config.use_operator_conditioning
     assert model.config.pde_vocabulary == sorted(PRETRAIN_FAMILIES)
 
 
-@NEEDS_LOOP
 def test_finetuning_on_known_then_new_families_keeps_ids(pretrained, tmp_path):
     run = dict(options=FullOptions(lr_backbone=1e-3), train=TrainConfig(epochs=1, batch_size=8, device="cpu"))
     known = [t for name in PRETRAIN_FAMILIES for t in family_trajectories(name, 2, seed=3)]

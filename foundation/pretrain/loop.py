@@ -20,6 +20,7 @@ from data_pipelines.corpus import load_trajectories
 from data_pipelines.fields import FIELDS
 from data_pipelines.semigroup import PairDataset
 from data_pipelines.streaming import CorpusSource, MixtureStream, make_loader, resolve_corpus
+from foundation.conditioning import build_vocabulary
 from foundation.configuration_scot import ScOTConfig
 from foundation.modeling_scot import ScOT
 from foundation.pretrain.config import PretrainConfig
@@ -58,11 +59,15 @@ def shared_sources(accelerator, config: PretrainConfig) -> list[CorpusSource]:
     return on_main_then_share(accelerator, lambda: resolve_corpus(config.corpus, config.families))
 
 
-def build_model(config: PretrainConfig, channels: list[str]) -> ScOT:
+def build_model(config: PretrainConfig, channels: list[str], vocabulary: list[str] | None = None) -> ScOT:
+    """scOT of the configured preset on `channels`; with operator conditioning, its PDE vocabulary."""
     fields = dict(num_channels=len(channels), num_out_channels=len(channels), field_names=list(channels))
     # one relative-loss group per channel: fields have very different scales
     fields["channel_slice_list_normalized_loss"] = list(range(len(channels) + 1))
-    return ScOT(ScOTConfig.from_preset(config.preset, **{**fields, **config.model_overrides}))
+    if vocabulary is not None:
+        rows = max(len(vocabulary), config.model_overrides.get("num_pde_families", 0))
+        fields.update(pde_vocabulary=vocabulary, num_pde_families=rows)
+    return ScOT(ScOTConfig.from_preset(config.preset, **{**config.model_overrides, **fields}))
 
 
 class PretrainHooks(TrainHooks):
@@ -92,6 +97,13 @@ def build_trainer(config: PretrainConfig) -> tuple[Trainer, MixtureStream, list[
     set_seed(config.seed)
     sources = shared_sources(acc, config)
     channels = config.channels or default_channels(sources, config.families)
+    vocabulary = None
+    if config.model_overrides.get(
+        "use_operator_conditioning"
+    ):  # pde_id i is vocabulary[i], in the checkpoint
+        vocabulary = build_vocabulary(
+            f for s in sources for f in s.stats["families"] if config.families is None or f in config.families
+        )
     stream = MixtureStream(
         sources,
         channels,
@@ -103,6 +115,7 @@ def build_trainer(config: PretrainConfig) -> tuple[Trainer, MixtureStream, list[
         world_size=acc.num_processes,
         pairs_per_trajectory=config.pairs_per_trajectory,
         stopping_strategy=config.stopping_strategy,
+        pde_vocabulary=vocabulary,
     )
     loader = make_loader(stream, config.batch_size, config.num_workers, pin_memory=acc.device.type == "cuda")
     eval_data = None
@@ -118,7 +131,7 @@ def build_trainer(config: PretrainConfig) -> tuple[Trainer, MixtureStream, list[
         from foundation.pretrain.downstream import DownstreamSuite
 
         downstream = DownstreamSuite(config.downstream, channels, stream.normalizer, config)
-    model = build_model(config, channels)
+    model = build_model(config, channels, vocabulary)
     optimizer = make_optimizer(model, config.learning_rate, config.weight_decay)
     scheduler = warmup_cosine(optimizer, config.warmup_steps, config.max_steps, config.min_lr_ratio)
     trainer = Trainer(
