@@ -278,9 +278,10 @@ def test_physguard_lowers_validation_and_caches_its_basis(checkpoint, new_family
     res = finetune(str(checkpoint), new_family, 3, "physguard", tmp_path / "a", options=opts, **RUN)
     assert res.best_val_loss < res.initial_val_loss
     bases = pg.load_bases(res.paths["basis"], res.model)
+    assert all(U.dtype == torch.float16 for U in bases.values())
     eye = {n: torch.eye(U.shape[1], dtype=torch.float64) for n, U in bases.items()}
-    assert bases and all(
-        torch.allclose(U.double().T @ U.double(), eye[n], atol=1e-5) for n, U in bases.items()
+    assert bases and all(  # orthonormal to half precision (the projector re-orthonormalises)
+        torch.allclose(U.double().T @ U.double(), eye[n], atol=5e-3) for n, U in bases.items()
     )
     reloaded = load_model(res.paths["model"])
     assert torch.allclose(_out(reloaded), _out(res.model), atol=1e-6)

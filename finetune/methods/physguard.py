@@ -1,15 +1,30 @@
 """PhysGuard: fine-tune while projecting gradients off the Fisher directions of the simulation data.
 
-Offline, once (lemon_physguard notes §8): per-sample gradients g_i of the loss on N simulation
-(pretraining) examples, batch size 1, with `torch.func` (vmap over grad) where the model allows it and a
-plain autograd loop otherwise; for each parameter tensor m the Gram matrix K = G G^T (N x N, G = [g_i]),
-its eigen-decomposition, the smallest rank k whose eigenvalues hold a fraction `tau` of the energy
-(capped at `max_rank`), and the lifted basis U = G^T V_k, re-orthonormalised: the top eigenvectors of
-the empirical Fisher G^T G. The bases are cached to safetensors.
+Offline, once (after the PhysGuard reference implementation): per-sample gradients g_i of the loss on N
+simulation (pretraining) examples, batch size 1, with `torch.func` (vmap over grad, in chunks of c examples;
+one autograd pass per example where the forward cannot be vmapped); for each parameter tensor m the Gram
+matrix K = G G^T (N x N, G = [g_i]), its eigen-decomposition, the smallest rank k whose eigenvalues hold a
+fraction `tau` of the energy (capped), and the lifted basis U = G^T V_k / sqrt(lambda): the top eigenvectors
+of the empirical Fisher G^T G. The bases are cached to safetensors in half precision.
 
 Every fine-tuning step: g <- g - alpha U U^T g, after clipping and before the optimizer. With alpha = 1
 and plain SGD the update leaves the protected directions unchanged; AdamW's per-coordinate scaling
 does not preserve that exactly (as in the paper).
+
+Scale (Poseidon-B/L): everything stays on the model's device. The protected tensors are split into groups
+whose half-precision gradient rows 2 N D_g bytes fit `gradient_budget_gb`; each group costs one pass over the N
+examples (chunks of c), which fills its rows G_g, then each tensor's Gram (fp32, over column blocks), eigh
+(fp64 on the host, N x N), lift and QR (fp32, one tensor at a time), after which the rows are freed. Every
+tensor keeps at most k_cap = min(max_rank, N, basis_budget / (2 P)) directions, P the protected entries, so
+the bases fit `basis_budget_gb`. Peak memory (`memory_formula`), with W the weight bytes, A the bytes one
+example's forward saves for backward, D_g the largest group's and d_max the largest tensor's entries, and E
+the bytes of one example:
+
+    device = W + c A + 4 c D_g + 2 N D_g + 4 N^2 + 4 N B + 8 d_max k_cap + 2 k_cap P + 2 c E
+    host   = 24 N^2 + 2 c E + 2 d_max k_cap          (bases are saved and loaded one tensor at a time)
+
+(B = GRAM_BLOCK columns). For Poseidon-B at 128^2 with the defaults (N = 200, c = 8, 8 GB of rows, a 4 GB
+basis budget) this is about 17 GB on the device and a few MB on the host.
 
 Unlike the reference implementation, tensors with few entries are not special-cased (its
 "first k coordinates" rule); the Gram decomposition is used for every tensor.
@@ -17,13 +32,16 @@ Unlike the reference implementation, tensors with few entries are not special-ca
 
 from __future__ import annotations
 
+import json
+import os
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
 from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -57,7 +75,11 @@ class PhysGuardOptions(FullOptions):
     chunk_size: int = field(default=8, metadata={"flag": "--fisher-chunk-size"})
     """Examples per vmapped per-sample-gradient chunk."""
     storage_dtype: Literal["float16", "bfloat16", "float32"] = "float16"
-    """Precision of the stored bases."""
+    """Precision of the gradient rows and of the stored bases."""
+    gradient_budget_gb: float = 8.0
+    """Device memory for one group's per-sample gradient rows (more groups, i.e. passes, when smaller)."""
+    basis_budget_gb: float = 4.0
+    """Device memory the stored bases may take: caps every tensor's rank at budget / (2 bytes x entries)."""
 
 
 def _protected_names(model: nn.Module, substrings: Sequence[str]) -> list[str]:
@@ -75,137 +97,280 @@ def _sample(data: Dataset, n: int, seed: int) -> Dataset:
     return Subset(data, idx)
 
 
+GIB = 2**30
+
+
+def rank_cap(options: PhysGuardOptions, n_samples: int, protected_numel: int) -> int:
+    """The most directions any tensor keeps: max_rank, the sample count, and the basis budget shared evenly
+    (2 bytes x protected entries per direction), so that the half-precision bases fit `basis_budget_gb`."""
+    per_direction = 2 * max(protected_numel, 1)
+    return max(1, min(options.max_rank, n_samples, int(options.basis_budget_gb * GIB) // per_direction))
+
+
+def tensor_groups(sizes: dict[str, int], n_samples: int, budget_bytes: float) -> list[list[str]]:
+    """Consecutive tensors whose half-precision gradient rows (2 N numel bytes) fit `budget_bytes` together;
+    a tensor larger than the budget is a group of its own."""
+    groups: list[list[str]] = []
+    used = budget_bytes + 1
+    for name, numel in sizes.items():
+        need = 2 * n_samples * numel
+        if used + need > budget_bytes:
+            groups.append([])
+            used = 0
+        groups[-1].append(name)
+        used += need
+    return groups
+
+
+def memory_formula(
+    sizes: dict[str, int],
+    options: PhysGuardOptions,
+    *,
+    n_samples: int,
+    weight_bytes: int,
+    activation_bytes: int,
+    example_bytes: int,
+) -> dict[str, float]:
+    """Peak device and host bytes of `compute_bases` (the module docstring derives each term).
+
+    `sizes`: protected tensor sizes; `weight_bytes`: the model's parameters and buffers; `activation_bytes`:
+    what one example's forward saves for backward (`activation_bytes()` measures it); `example_bytes`: one
+    training example's tensors.
+    """
+    n, c = n_samples, min(options.chunk_size, n_samples)
+    k = rank_cap(options, n, sum(sizes.values()))
+    groups = tensor_groups(sizes, n, options.gradient_budget_gb * GIB)
+    group_numel = max(sum(sizes[t] for t in g) for g in groups)
+    largest = max(sizes.values())
+    device = {
+        "weights": weight_bytes,
+        "activations": c * activation_bytes,
+        "chunk_gradients": 4 * c * group_numel,
+        "gradient_rows": 2 * n * group_numel,
+        "gram": 4 * n * n + 4 * n * GRAM_BLOCK,
+        "lift": 8 * largest * k,
+        "bases": 2 * k * sum(sizes.values()),
+        "examples": 2 * c * example_bytes,
+    }
+    host = {"eigh": 3 * 8 * n * n, "examples": 2 * c * example_bytes, "save": 2 * largest * k}
+    return {
+        "device_bytes": float(sum(device.values())),
+        "host_bytes": float(sum(host.values())),
+        "groups": len(groups),
+        "rank_cap": k,
+        **{f"device_{key}": float(v) for key, v in device.items()},
+        **{f"host_{key}": float(v) for key, v in host.items()},
+    }
+
+
+def activation_bytes(model: nn.Module, example: dict[str, torch.Tensor]) -> int:
+    """Bytes one example's forward keeps for backward (autograd's saved tensors, by storage); runs on any
+    device, the meta device included."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        storage = t.untyped_storage()
+        seen[id(storage)] = storage.nbytes()
+        return t
+
+    batch = {k: v.unsqueeze(0) for k, v in example.items()}
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(**batch)
+    return sum(seen.values())
+
+
+GRAM_BLOCK = 1 << 22
+"""Columns of G turned to fp32 at a time for the Gram matrix and the lift (N x 4M x 4 bytes at most)."""
+
+
+def _chunk_gradients(
+    model: nn.Module, params: dict[str, torch.Tensor], frozen: dict, batch: dict, use_vmap: bool
+) -> tuple[dict[str, torch.Tensor], bool]:
+    """Per-example gradients `{name: [b, *shape]}` of the chunk's losses with respect to `params` (on the
+    model's device), by vmap over grad where the forward allows it, else one autograd pass per example."""
+    if use_vmap:
+
+        def loss_one(p, example):
+            one = {k: v.unsqueeze(0) for k, v in example.items()}
+            return functional_call(model, (p, frozen), args=(), kwargs=one, strict=False).loss
+
+        try:
+            return vmap(grad(loss_one), in_dims=(None, 0), randomness="same")(params, batch), True
+        except (RuntimeError, NotImplementedError, ValueError):
+            pass
+    rows = []
+    for i in range(batch["pixel_values"].shape[0]):
+        leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+        one = {k: v[i : i + 1] for k, v in batch.items()}
+        loss = functional_call(model, (leaves, frozen), args=(), kwargs=one, strict=False).loss
+        rows.append(torch.autograd.grad(loss, list(leaves.values()), allow_unused=True))
+    grads = {
+        n: torch.stack([r[j] if r[j] is not None else torch.zeros_like(params[n]) for r in rows])
+        for j, n in enumerate(params)
+    }
+    return grads, False
+
+
 def per_sample_gradients(
     model: nn.Module,
     data: Dataset,
     names: Sequence[str],
     *,
     chunk_size: int = 8,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype = torch.float16,
 ) -> dict[str, torch.Tensor]:
-    """Flattened gradients of the single-example loss, `{name: [N, numel]}` on CPU in `dtype`.
-
-    Uses vmap(grad(loss)) over chunks of examples; falls back to one autograd pass per example when the
-    model's forward cannot be vmapped (data-dependent indexing, in-place writes).
-    """
+    """Flattened gradients of the single-example losses, `{name: G [N, numel]}` in `dtype` on the model's
+    device, filled chunk by chunk (only `chunk_size` examples' fp32 gradients exist at a time)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    params = {n: p.detach() for n, p in model.named_parameters() if n in set(names)}
-    buffers = dict(model.named_buffers())
-
-    def loss_one(p, example):
-        batch = {k: v.unsqueeze(0) for k, v in example.items()}
-        return functional_call(model, (p, buffers), args=(), kwargs=batch, strict=False).loss
-
-    per_chunk = vmap(grad(loss_one), in_dims=(None, 0), randomness="same")
-    out: dict[str, list[torch.Tensor]] = {n: [] for n in params}
-    use_vmap = True
+    wanted = set(names)
+    params = {n: p.detach() for n, p in model.named_parameters() if n in wanted}
+    frozen = {n: p.detach() for n, p in model.named_parameters() if n not in wanted}
+    frozen.update(dict(model.named_buffers()))
+    rows = {n: torch.empty(len(data), p.numel(), dtype=dtype, device=device) for n, p in params.items()}
+    start, use_vmap = 0, True
     for batch in DataLoader(data, batch_size=chunk_size, shuffle=False):
         batch = {k: batch[k].to(device) for k in FORWARD_KEYS if k in batch}
-        grads = None
-        if use_vmap:
-            try:
-                grads = per_chunk(params, batch)
-            except (RuntimeError, NotImplementedError, ValueError):
-                use_vmap = False
-        if grads is None:
-            grads = _looped_gradients(model, params, batch)
+        grads, use_vmap = _chunk_gradients(model, params, frozen, batch, use_vmap)
+        stop = start + batch["pixel_values"].shape[0]
         for n, g in grads.items():
-            out[n].append(g.reshape(g.shape[0], -1).to("cpu", dtype))
+            rows[n][start:stop] = g.reshape(g.shape[0], -1)
+        start = stop
+        del grads
     model.train(was_training)
-    return {n: torch.cat(chunks) for n, chunks in out.items()}
-
-
-def _looped_gradients(
-    model: nn.Module, params: dict[str, torch.Tensor], batch: dict
-) -> dict[str, torch.Tensor]:
-    """Per-example gradients by one autograd pass per example (the fallback when vmap does not fit)."""
-    named = dict(model.named_parameters())
-    targets = [named[n] for n in params]
-    rows = []
-    for i in range(batch["pixel_values"].shape[0]):
-        loss = model(**{k: v[i : i + 1] for k, v in batch.items()}).loss
-        rows.append(torch.autograd.grad(loss, targets, allow_unused=True))
-    return {
-        n: torch.stack([r[j] if r[j] is not None else torch.zeros_like(targets[j]) for r in rows])
-        for j, n in enumerate(params)
-    }
+    return rows
 
 
 def protected_basis(gradients: torch.Tensor, tau: float, max_rank: int) -> torch.Tensor:
-    """Orthonormal basis `[d, k]` of the top Fisher directions from per-sample gradients `[N, d]`.
+    """Orthonormal basis `[d, k]` (fp32, on the gradients' device) of the top Fisher directions from
+    per-sample gradients `[N, d]` in any precision.
 
-    k is the smallest count whose Gram eigenvalues hold a fraction `tau` of the total (tau <= 0: the cap),
-    capped at min(max_rank, N, d) and at the numerical rank; k = 0 when the gradients vanish.
+    K = G G^T is accumulated in fp32 over column blocks and eigen-decomposed in fp64 on the host; k is the
+    smallest count whose eigenvalues hold a fraction `tau` of the total (tau <= 0: the cap), capped at
+    min(max_rank, N, d) and at the numerical rank; k = 0 when the gradients vanish. U = G^T V_k / sqrt(lambda)
+    is lifted block by block and re-orthonormalised (QR).
     """
-    G = gradients.to(torch.float64)
-    n, d = G.shape
-    lam, V = torch.linalg.eigh(G @ G.T)
+    n, d = gradients.shape
+    blocks = range(0, d, max(1, GRAM_BLOCK // max(n, 1)))
+    gram = torch.zeros(n, n, dtype=torch.float32, device=gradients.device)
+    for j in blocks:
+        part = gradients[:, j : j + blocks.step].float()
+        gram.addmm_(part, part.T)
+    lam, V = torch.linalg.eigh(gram.cpu().double())
     lam, V = lam.flip(0).clamp_min(0.0), V.flip(1)
     total = float(lam.sum())
     cap = min(max_rank, n, d)
     if total <= 0.0 or cap == 0:
-        return torch.zeros(d, 0, dtype=torch.float32)
+        return torch.zeros(d, 0, dtype=torch.float32, device=gradients.device)
     rank = int((lam > lam[0] * max(n, d) * torch.finfo(torch.float32).eps).sum())
     if tau > 0:
         k = int(torch.searchsorted(torch.cumsum(lam, 0) / total, torch.tensor(tau, dtype=torch.float64))) + 1
     else:
         k = cap
     k = max(1, min(k, cap, rank))
-    U = G.T @ V[:, :k]
-    U, _ = torch.linalg.qr(U / U.norm(dim=0, keepdim=True))
-    return U.to(torch.float32)
+    Vk = (V[:, :k] / lam[:k].sqrt()).to(torch.float32).to(gradients.device)
+    U = torch.empty(d, k, dtype=torch.float32, device=gradients.device)
+    for j in blocks:
+        torch.mm(gradients[:, j : j + blocks.step].float().T, Vk, out=U[j : j + blocks.step])
+    return torch.linalg.qr(U).Q
 
 
 def compute_bases(
     model: nn.Module, sim_data: Dataset, options: PhysGuardOptions | None = None, *, seed: int = 0
 ) -> dict[str, torch.Tensor]:
-    """Protected bases `{parameter name: U [numel, k]}` from `n_samples` simulation examples (k = 0 omitted)."""
+    """Protected bases `{parameter name: U [numel, k]}` in `storage_dtype` on the model's device, from
+    `n_samples` simulation examples (tensors with k = 0 omitted), one tensor group at a time."""
     opts = options or PhysGuardOptions()
     names = _protected_names(model, opts.protected)
     if not names:
         raise ValueError(f"PhysGuard: no trainable parameter matches protected={list(opts.protected)}")
     data = _sample(sim_data, opts.n_samples, seed)
+    params = dict(model.named_parameters())
+    sizes = {n: params[n].numel() for n in names}
+    cap = rank_cap(opts, len(data), sum(sizes.values()))
     dtype = getattr(torch, opts.storage_dtype)
-    grads = per_sample_gradients(model, data, names, chunk_size=opts.chunk_size, dtype=dtype)
-    bases = {n: protected_basis(grads.pop(n), opts.tau, opts.max_rank) for n in names}
-    return {n: U for n, U in bases.items() if U.shape[1] > 0}
+    bases = {}
+    for group in tensor_groups(sizes, len(data), opts.gradient_budget_gb * GIB):
+        rows = per_sample_gradients(model, data, group, chunk_size=opts.chunk_size, dtype=dtype)
+        for name in group:
+            U = protected_basis(rows.pop(name), opts.tau, cap)
+            if U.shape[1] > 0:
+                bases[name] = U.to(dtype)
+            del U
+    return bases
 
 
 def save_bases(bases: dict[str, torch.Tensor], path: str | Path, options: PhysGuardOptions) -> Path:
-    """Caches the bases to safetensors with the options that produced them as metadata."""
+    """Writes the bases to safetensors, one tensor at a time (host memory: the largest basis), with the
+    options that produced them as metadata."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"tau": str(options.tau), "n_samples": str(options.n_samples), "max_rank": str(options.max_rank)}
-    save_file({n: U.contiguous() for n, U in bases.items()}, str(path), metadata=meta)
+    header: dict = {"__metadata__": meta}
+    offset = 0
+    for name, U in bases.items():
+        nbytes = U.numel() * U.element_size()
+        header[name] = {
+            "dtype": SAFETENSORS_DTYPES[U.dtype],
+            "shape": list(U.shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
+        offset += nbytes
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text)
+        for U in bases.values():
+            f.write(U.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    os.replace(tmp, path)
     return path
 
 
+SAFETENSORS_DTYPES = {
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float32: "F32",
+    torch.float64: "F64",
+}
+
+
 def load_bases(path: str | Path, model: nn.Module) -> dict[str, torch.Tensor]:
-    """Bases cached by `save_bases`, checked against `model`'s parameter names and sizes."""
-    bases = load_file(str(path))
+    """Bases cached by `save_bases`, read one tensor at a time onto the model's device and checked against
+    its parameter names and sizes."""
     params = dict(model.named_parameters())
-    for name, U in bases.items():
-        if name not in params:
-            raise ValueError(
-                f"{path}: basis for {name!r}, which is not a parameter of {type(model).__name__}"
-            )
-        if U.ndim != 2 or U.shape[0] != params[name].numel():
-            raise ValueError(
-                f"{path}: basis {name!r} has shape {tuple(U.shape)}, expected [{params[name].numel()}, k] "
-                f"for parameter shape {tuple(params[name].shape)}"
-            )
+    device = next(model.parameters()).device
+    bases = {}
+    with safe_open(str(path), framework="pt", device=str(device)) as f:
+        for name in f.keys():
+            if name not in params:
+                raise ValueError(
+                    f"{path}: basis for {name!r}, which is not a parameter of {type(model).__name__}"
+                )
+            shape = f.get_slice(name).get_shape()
+            if len(shape) != 2 or shape[0] != params[name].numel():
+                raise ValueError(
+                    f"{path}: basis {name!r} has shape {tuple(shape)}, expected [{params[name].numel()}, k] "
+                    f"for parameter shape {tuple(params[name].shape)}"
+                )
+            bases[name] = f.get_tensor(name)
     return bases
 
 
 class Projector:
-    """The gradient transform g <- g - alpha U U^T g for every parameter with a protected basis."""
+    """The gradient transform g <- g - alpha U U^T g for every parameter with a protected basis.
+
+    The stored (half-precision) bases are re-orthonormalised once in the parameter's dtype, so the
+    projection is exact in the precision the gradients have.
+    """
 
     def __init__(self, model: nn.Module, bases: dict[str, torch.Tensor], alpha: float = 1.0):
         params = dict(model.named_parameters())
         self.alpha = alpha
-        self.targets = [(params[n], U.to(params[n].device, params[n].dtype)) for n, U in bases.items()]
+        self.targets = [
+            (params[n], torch.linalg.qr(U.to(params[n].device, params[n].dtype)).Q) for n, U in bases.items()
+        ]
 
     @torch.no_grad()
     def __call__(self, model: nn.Module) -> None:
