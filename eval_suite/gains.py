@@ -1,4 +1,4 @@
-"""Poseidon's accuracy gain and efficiency gain over a baseline (paper eq. 11; shared notes poseidon.md §7).
+"""Poseidon's accuracy gain and efficiency gain over a baseline (Poseidon paper, eq. 11).
 
 ``AG_S = E_S(baseline) / E_S(model)`` and ``EG_S = S / s`` where ``s`` solves ``E_s(model) = E_S(baseline)``,
 both from error-versus-number-of-trajectories curves. Curves are interpolated piecewise linearly in

@@ -2,7 +2,7 @@
 
 Inputs are ``pred``/``target`` of shape ``[B, C, H, W]`` (direct lead-time prediction) or
 ``[B, T, C, H, W]`` (an autoregressive rollout; errors are then reported per step as well).
-Definitions follow ``shared/notes/ecosystem.md`` §3, written fresh:
+Definitions follow Poseidon (relative L1, paper eq. 10) and The Well (nRMSE, VRMSE, binned spectra), written fresh:
 
 - ``rel_l1`` (Poseidon's headline): sum|pred - y| / sum|y| over a group's channels and pixels.
 - ``rel_l2`` (LeMON, DPOT): ||pred - y||_2 / (||y||_2 + eps) over a group's channels and pixels.

@@ -22,7 +22,7 @@ _ARCH_DEFAULTS = dict(
     mlp_ratio=4.0,
 )
 PRESETS: dict[str, dict] = {
-    # The reference tiny model of shared/reference/poseidon/tiny (1.67M parameters).
+    # The size of Poseidon's tiny reference model (1.67M parameters; tests/fixtures holds one).
     "tiny": dict(
         _ARCH_DEFAULTS,
         image_size=64,

@@ -1,7 +1,7 @@
 """Session-wide test environment: a private HF_HOME, a dummy token and pdefm's Hub server.
 
 HF_ENDPOINT/HF_HOME/HF_TOKEN are set here, at import time, before anything imports
-huggingface_hub or datasets (both read them once on import; see shared notes §3).
+huggingface_hub or datasets (both read them once on import).
 The server itself starts lazily, once per session, on the port chosen here.
 """
 

@@ -38,7 +38,7 @@ def time_norm_parameters(model: nn.Module) -> set[str]:
     """Names of the gamma(t)/beta(t) parameters of time-conditioned norms.
 
     Recognised by structure, not class name: a module whose `weight` and `bias` children are
-    `nn.Linear(1, d)` maps the scalar time to the norm's scale and shift (poseidon notes §1.7).
+    `nn.Linear(1, d)` maps the scalar time to the norm's scale and shift (Poseidon's `ConditionalLayerNorm`).
     """
     names = set()
     for prefix, module in model.named_modules():

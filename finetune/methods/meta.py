@@ -1,7 +1,7 @@
 """LeMON-style meta-learning of an initialisation over PDE tasks: first-order MAML and Reptile.
 
 A task is one PDE family with one coefficient set; its all2all pairs are split at random into a support
-and a query set. Per outer step (LeMON's `full_meta_updates`, lemon_physguard notes §4):
+and a query set. Per outer step (LeMON's `full_meta_updates`, Sun et al. 2025):
 
 1. for each of `tasks_per_step` tasks, adapt a functional copy of the weights with `inner_steps` plain SGD
    steps on the support set, theta' <- theta - a * clamp(grad, -c, c) (LeMON clamps at c = 1);

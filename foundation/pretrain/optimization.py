@@ -1,6 +1,6 @@
 """AdamW parameter groups and the warmup + cosine learning-rate schedule of pretraining.
 
-Poseidon's rule (notes §4): no weight decay on any LayerNorm / conditioned-norm parameter (including the
+Poseidon's rule (its `scOT/trainer.py`): no weight decay on any LayerNorm / conditioned-norm parameter (including the
 affine maps that produce a conditioned norm's scale and shift) nor on biases; layer-scale weights and
 `logit_scale` are decayed.
 """
