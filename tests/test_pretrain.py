@@ -56,6 +56,8 @@ def _config(corpora, out: Path, **kw) -> PretrainConfig:
         pairs_per_trajectory=2,
         checkpoint_every=2,
         log_every=1,
+        device="cpu",  # exact comparisons below: fp32 on the CPU even where a GPU is present
+        mixed_precision="no",
         log_with="tensorboard",
         progress=False,
     )

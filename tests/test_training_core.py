@@ -142,3 +142,11 @@ def test_divergence_skips_steps_then_stops_keeping_good_checkpoints(tmp_path, mo
     for file in out.rglob("*.safetensors"):
         assert all(torch.isfinite(t).all() for t in load_file(file).values()), file
     assert all(torch.isfinite(p).all() for p in model.parameters())  # skipped steps never touched the weights
+
+
+def test_bf16_autocast_finetuning_runs_on_cpu():
+    """Mixed precision as `--mixed-precision bf16` runs it, on the CPU: it trains and records its precision."""
+    model, result = run(None, mixed_precision="bf16")
+    assert result.mixed_precision == "bf16"
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert result.history[-1]["val_loss"] < 0.9 * result.history[0]["val_loss"]
