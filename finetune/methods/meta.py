@@ -13,8 +13,9 @@ With `learn_inner_lr` a small network maps the task (family and scaled coefficie
 learning rate a = max_inner_lr * sigmoid(...) (LeMONS's per-task learning rate). Its first-order
 hyper-gradient is dL_query/da = -<grad L_query(theta'), sum_k clamp(g_k)>, the inner gradients held fixed.
 
-Updates are multi-tensor (`torch._foreach_*`) and losses stay on the device: a task costs no host sync (a
-learned inner learning rate is read once per task); losses are read once per epoch. Epochs, batch size, seed,
+Updates are multi-tensor (`torch._foreach_*`), a task's support and query batches are moved to the device
+once, and losses, the learned inner learning rate and its hyper-gradient stay on the device: a task costs no
+host read; losses are read once per epoch. Epochs, batch size, seed,
 device and the outer gradient clipping come from the run's training settings.
 """
 
@@ -31,7 +32,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 from torch.func import functional_call
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset, default_collate
 
 from data_pipelines.semigroup import coefficient_vector
 from finetune.methods.registry import Method, MethodContext, register_method
@@ -142,16 +143,25 @@ class InnerLR(nn.Module):
         return self.max_lr * torch.sigmoid(self.net(feats)).squeeze()
 
 
+def device_batches(data: Dataset, batch_size: int, device: str) -> list[dict[str, torch.Tensor]]:
+    """`data` collated into batches on `device`, once per task (no loader iterator, no per-step copies)."""
+    return [
+        move_batch(
+            default_collate([data[i] for i in range(start, min(start + batch_size, len(data)))]), device
+        )
+        for start in range(0, len(data), batch_size)
+    ]
+
+
 def _loss_and_grads(
-    model: nn.Module, params: dict[str, torch.Tensor], data: Dataset, batch_size: int, device: str
+    model: nn.Module, params: dict[str, torch.Tensor], batches: Sequence[dict]
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The example-weighted mean loss of `data` at weights `params` (a device scalar) and its gradient, one
-    tensor per entry of `params`."""
+    """The example-weighted mean loss over `batches` at weights `params` (a device scalar) and its gradient,
+    one tensor per entry of `params`."""
     leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
     grads = [torch.zeros_like(p) for p in leaves.values()]
     total, count = None, 0
-    for batch in DataLoader(data, batch_size=batch_size, shuffle=False):
-        batch = move_batch(batch, device)
+    for batch in batches:
         n = batch["pixel_values"].shape[0]
         loss = functional_call(model, leaves, args=(), kwargs=batch, strict=False).loss
         parts = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
@@ -175,21 +185,19 @@ def _sgd_step(fast: list[torch.Tensor], grads: list[torch.Tensor], lr: float | t
 def adapt(
     model: nn.Module,
     params: dict[str, torch.Tensor],
-    support: Dataset,
+    support: Sequence[dict],
     *,
     steps: int,
     lr: float | torch.Tensor,
     clip: float,
-    batch_size: int,
-    device: str = "cpu",
 ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
-    """`steps` SGD steps on the full support set from `params`; returns the adapted weights and the sum of
-    the (clamped) inner gradients. The model's own parameters are not touched."""
+    """`steps` SGD steps on the full support set (`device_batches`) from `params`; returns the adapted weights
+    and the sum of the (clamped) inner gradients. The model's own parameters are not touched."""
     names = list(params)
     fast = [p.detach().clone() for p in params.values()]
     summed = [torch.zeros_like(p) for p in fast]
     for _ in range(steps):
-        _, grads = _loss_and_grads(model, dict(zip(names, fast, strict=True)), support, batch_size, device)
+        _, grads = _loss_and_grads(model, dict(zip(names, fast, strict=True)), support)
         if clip and clip > 0:
             torch._foreach_clamp_min_(grads, -clip)
             torch._foreach_clamp_max_(grads, clip)
@@ -208,19 +216,17 @@ def meta_gradient(
     device: str = "cpu",
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """(meta-gradient per trainable parameter, query loss after adaptation, dL_query/d inner_lr), the two
-    numbers as device scalars (no host sync)."""
+    numbers as device scalars: no host read."""
     theta = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     fast, summed = adapt(
         model,
         theta,
-        task.support,
+        device_batches(task.support, batch_size, device),
         steps=options.inner_steps,
         lr=lr,
         clip=options.inner_clip,
-        batch_size=batch_size,
-        device=device,
     )
-    query_loss, query_grads = _loss_and_grads(model, fast, task.query, batch_size, device)
+    query_loss, query_grads = _loss_and_grads(model, fast, device_batches(task.query, batch_size, device))
     dots = torch._foreach_mul(query_grads, summed)
     hyper = -torch.stack([d.sum() for d in dots]).sum()
     if options.algorithm == "reptile":

@@ -20,11 +20,10 @@ the bases fit `basis_budget_gb`. Peak memory (`memory_formula`), with W the weig
 example's forward saves for backward, D_g the largest group's and d_max the largest tensor's entries, and E
 the bytes of one example:
 
-    device = W + c A + 4 c D_g + 2 N D_g + 4 N^2 + 4 N B + 8 d_max k_cap + 2 k_cap P + 2 c E
+    device = W + c A + 4 c D_g + 2 N D_g + 4 N^2 + 4 B + 8 d_max k_cap + 2 k_cap P + 2 c E
     host   = 24 N^2 + 2 c E + 2 d_max k_cap          (bases are saved and loaded one tensor at a time)
 
-(B = GRAM_BLOCK columns). For Poseidon-B at 128^2 with the defaults (N = 200, c = 8, 8 GB of rows, a 4 GB
-basis budget) this is about 17 GB on the device and a few MB on the host.
+(B = GRAM_BLOCK, the fp32 entries of one column block).
 
 Unlike the reference implementation, tensors with few entries are not special-cased (its
 "first k coordinates" rule); the Gram decomposition is used for every tensor.
@@ -147,7 +146,7 @@ def memory_formula(
         "activations": c * activation_bytes,
         "chunk_gradients": 4 * c * group_numel,
         "gradient_rows": 2 * n * group_numel,
-        "gram": 4 * n * n + 4 * n * GRAM_BLOCK,
+        "gram": 4 * n * n + 4 * GRAM_BLOCK,
         "lift": 8 * largest * k,
         "bases": 2 * k * sum(sizes.values()),
         "examples": 2 * c * example_bytes,
