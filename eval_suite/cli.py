@@ -207,7 +207,7 @@ def scaling(
             metric=metric,
             evaluate=list(evaluate),
             bootstrap=bootstrap,
-            device="cpu" if device == "auto" else device,
+            device=device,
         )
         metrics = run_scaling_runs(names(runs), out, config=config, log=typer.echo)
     else:

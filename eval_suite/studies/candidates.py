@@ -50,7 +50,8 @@ class Budget:
     batch_size: int = 8
     lr: float = 5e-4
     stride: int = 1
-    device: str = "cpu"
+    device: str = "auto"
+    """auto (CUDA when present) | cpu | cuda; mixed precision follows the training core's "auto"."""
 
     def train_config(self, seed: int) -> TrainConfig:
         return TrainConfig(

@@ -65,7 +65,7 @@ class RunsScalingConfig:
     evaluate: list[str] = field(default_factory=list)
     """`--downstream`-style specs to evaluate runs that recorded none."""
     bootstrap: int = 0
-    device: str = "cpu"
+    device: str = "auto"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,7 +78,7 @@ def _attribute(run: RunRecord, name: str):
     return tuple(value) if isinstance(value, list) else value
 
 
-def evaluate_run(run: RunRecord, spec: DownstreamSpec, device: str = "cpu") -> dict[str, float]:
+def evaluate_run(run: RunRecord, spec: DownstreamSpec, device: str = "auto") -> dict[str, float]:
     """Metric rows of `run`'s final model on every mode of `spec`, with the studies' zero/few-shot code.
 
     Zero-shot normalises with the evaluation set's own statistics (a run's model folder keeps no corpus

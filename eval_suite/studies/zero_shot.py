@@ -20,6 +20,7 @@ from eval_suite.protocol import forecast, persistence, score
 from eval_suite.report import environment, figure, fmt, table, write_report
 from eval_suite.studies.candidates import pretrained_operator
 from finetune.data import load_trajectories
+from finetune.trainer import resolve_device
 from foundation.pretrain.downstream import family_trajectories, parse_ranges
 
 HEADLINE = "rel_l1"
@@ -38,7 +39,8 @@ class ZeroShotConfig:
     stats: str | None = (
         None  # a stats.json (e.g. the pretraining corpus'); default: each set's own statistics
     )
-    device: str = "cpu"
+    device: str = "auto"
+    """Where trajectories are generated: auto (CUDA when present) | cpu | cuda."""
     input_index: int = 0
     target_index: int | None = None
     """Snapshot predicted from `input_index` (default: the last one)."""
@@ -70,7 +72,7 @@ def generate_family_set(spec: str, config: ZeroShotConfig) -> list[Trajectory]:
         config.resolution,
         config.snapshots,
         config.seed,
-        config.device,
+        resolve_device(config.device),
     )
 
 
