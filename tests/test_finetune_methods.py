@@ -193,8 +193,11 @@ def test_meta_lowers_adapted_validation_and_saves_checkpoint(checkpoint, new_fam
     opts = meta_method.MetaOptions(
         inner_steps=1, inner_lr=1e-2, outer_lr=2e-3, learn_inner_lr=True, max_inner_lr=0.05
     )
-    res = finetune(str(checkpoint), new_family, 3, "meta", tmp_path, options=opts, **RUN)
-    assert res.best_val_loss < res.initial_val_loss
+    run = RUN | {
+        "train": TrainConfig(epochs=2, batch_size=10, mixed_precision="bf16")
+    }  # bf16 autocast on CPU
+    res = finetune(str(checkpoint), new_family, 3, "meta", tmp_path, options=opts, **run)
+    assert res.best_val_loss < res.initial_val_loss and res.mixed_precision == "bf16"
     reloaded = load_model(res.paths["model"])
     assert torch.allclose(_out(reloaded), _out(res.model), atol=1e-6)
     lr_net = meta_method.InnerLR(num_families=1, max_lr=0.05)

@@ -38,6 +38,7 @@ from data_pipelines.semigroup import coefficient_vector
 from finetune.methods.registry import Method, MethodContext, register_method
 from finetune.trainer import TrainResult, move_batch
 from foundation.pretrain.optimization import adamw
+from foundation.training import resolve_mixed_precision
 
 INNER_LR_FILE = "inner_lr.safetensors"
 
@@ -361,17 +362,25 @@ class Meta(Method):
         )
         train_tasks = make_tasks(context.train_trajectories, context.pairs, **task_args)
         val_tasks = make_tasks(context.val_trajectories, context.pairs, **task_args)
-        result, lr_net = meta_train(
-            model,
-            train_tasks,
-            val_tasks,
-            options,
-            epochs=train.epochs,
-            batch_size=train.batch_size,
-            seed=train.seed,
-            device=context.device,
-            grad_clip=train.max_grad_norm,
-        )
+        precision = resolve_mixed_precision(train.mixed_precision, context.device)
+        if precision == "fp16":
+            raise ValueError(
+                "meta: mixed_precision fp16 needs loss scaling, which meta's loop has not; use bf16"
+            )
+        device_type = torch.device(context.device).type
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            result, lr_net = meta_train(
+                model,
+                train_tasks,
+                val_tasks,
+                options,
+                epochs=train.epochs,
+                batch_size=train.batch_size,
+                seed=train.seed,
+                device=context.device,
+                grad_clip=train.max_grad_norm,
+            )
+        result.mixed_precision = precision
         context.state["inner_lr"] = lr_net
         return result
 
