@@ -306,7 +306,7 @@ class MixtureStream(torch.utils.data.IterableDataset):
         self.stride, self.max_lead, self.span = stride, max_lead, span
         self.pairs_per_trajectory = pairs_per_trajectory
         found: dict[str, tuple[int, dict]] = {}  # family -> (source index, stats info)
-        shards: dict[str, list[tuple[int, str, int, dict]]] = {}
+        shards: dict[str, list[tuple[int, str, int]]] = {}
         for index, source in enumerate(sources):
             listed = manifest(source.stats, source.name)
             for family, info in source.stats["families"].items():
@@ -316,7 +316,7 @@ class MixtureStream(torch.utils.data.IterableDataset):
                     other = sources[found[family][0]].name
                     raise CorpusError(f"{source.name}: family {family!r} also comes from {other}")
                 found[family] = (index, info)
-                shards[family] = [(index, name, e["rows"], e) for name, e in sorted(listed[family].items())]
+                shards[family] = [(index, name, e["rows"]) for name, e in sorted(listed[family].items())]
         if families is not None:
             missing = [f for f in families if f not in found]
             if missing:
@@ -395,7 +395,7 @@ class MixtureStream(torch.utils.data.IterableDataset):
                     layout,
                     units,
                 )
-            per_unit[family] = [[s[:3] for s in shards[u::units]] for u in range(units)]
+            per_unit[family] = [shards[u::units] for u in range(units)]
             for u, own in enumerate(per_unit[family]):
                 rows = sum(r for _, _, r in own)
                 if rows == 0:
@@ -449,11 +449,12 @@ class MixtureStream(torch.utils.data.IterableDataset):
                 f"stream state saved by unit {saved} cannot continue on unit {layout}: "
                 + _layout_advice(saved.get("world_size"), saved.get("num_workers"))
             )
-        families = sorted(state["families"])
-        if families != sorted(self.families):
+        quotas = dict(zip(self.families, self.plan(layout["num_workers"]).quotas, strict=True))
+        if state.get("quotas") != quotas:
             raise StreamResumeError(
-                f"stream state covers families {families}, this stream {sorted(self.families)}: resume with the "
-                f"same corpora, families and weights, or start without the saved data state"
+                f"stream state was saved with examples per family and epoch {state.get('quotas')}, this stream "
+                f"has {quotas}: resume with the same corpora, families, weights and epoch settings, or start "
+                f"without the saved data state"
             )
         self._resume = state
         self._live = None
@@ -494,6 +495,7 @@ class _UnitStream:
                 "rng": rng.bit_generator.state,
                 "credit": [0.0] * len(stream.families),
                 "remaining": list(self.plan.quotas),
+                "quotas": dict(zip(stream.families, self.plan.quotas, strict=True)),
                 "families": {f: {"pass": 0, "cursor": 0, "order": [], "pool": {}} for f in stream.families},
             }
         self.epoch_index = state["epoch"]
@@ -517,6 +519,7 @@ class _UnitStream:
             "rng": self.rng.bit_generator.state,
             "credit": list(self.credit),
             "remaining": list(self.remaining),
+            "quotas": dict(zip(self.stream.families, self.plan.quotas, strict=True)),
             "families": {
                 f: {
                     "pass": s["pass"],
@@ -707,7 +710,8 @@ def _worker_message(exc: Exception) -> str:
 
 
 class _Batches:
-    """The loader's iterator, re-raising a worker's CorpusError with its own message (naming the shard)."""
+    """The loader's iterator, re-raising a worker's CorpusError or StreamResumeError with its own one-line
+    message (naming the shard, or the saved and current settings)."""
 
     def __init__(self, iterator):
         self.iterator = iterator
@@ -718,7 +722,7 @@ class _Batches:
     def __next__(self):
         try:
             return next(self.iterator)
-        except CorpusError as exc:
+        except (CorpusError, StreamResumeError) as exc:
             raise type(exc)(_worker_message(exc)) from None
 
 
@@ -744,7 +748,10 @@ class StreamLoader(StatefulDataLoader):
         super().load_state_dict({k: v for k, v in state.items() if k != "pdefm_stream"})
 
     def __iter__(self):
-        return _Batches(super().__iter__())
+        try:  # workers restore their state while the iterator starts
+            return _Batches(super().__iter__())
+        except (CorpusError, StreamResumeError) as exc:
+            raise type(exc)(_worker_message(exc)) from None
 
 
 def make_loader(

@@ -196,6 +196,13 @@ def test_resume_from_state_is_exact_and_a_changed_layout_is_refused(mixture):
         make_loader(stream, 3, 1).load_state_dict(state)
     with pytest.raises(StreamResumeError, match="resume with the layout it was saved with"):
         check_resume(state, world_size=2, num_workers=2)
+    reweighted = MixtureStream(
+        mixture, ["u", "v"], stride=2, return_ids=True, seed=4, weights={"alpha": 1, "beta": 1, "gamma": 1}
+    )
+    other = make_loader(reweighted, 3, 2)
+    other.load_state_dict(state)  # same layout: the workers find the other weights
+    with pytest.raises(StreamResumeError, match="^stream state was saved with examples per family and epoch"):
+        next(iter(other))
     single = MixtureStream(mixture, ["u", "v"], stride=2, return_ids=True, seed=4, infinite=True)
     loader = make_loader(single, 4, 0)
     it = iter(loader)
