@@ -49,7 +49,8 @@ class PretrainConfig(TrainingArgs):
     num_workers: int = 0
     """DataLoader workers per process."""
     pairs_per_trajectory: int | None = None
-    shuffle_buffer: int = 64
+    shuffle_buffer: int = 4
+    """Trajectories each rank x worker holds per family to draw pairs from (saved in every checkpoint)."""
     checkpoint_every: int | None = 100
     log_with: str = "auto"
     progress: bool = True
