@@ -236,7 +236,7 @@ def _pipeline(cfg: QuickstartConfig, out: Path, hub: LocalHub, stages: Stages, c
         baseline_options={"scot_scratch": {"image_size": cfg.resolution}},
         sim_data=str(corpus_dir),
         sim_trajectories=24,
-        physguard=PhysGuardOptions(n_samples=64, max_rank=32, seed=cfg.seed),
+        physguard=PhysGuardOptions(n_samples=64, max_rank=32),
     )
     few_shot = _finished_study(study_dir, str(checkpoint), study)
     if few_shot is not None:
