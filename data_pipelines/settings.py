@@ -8,7 +8,8 @@ Path -> typed; `Literal[...]` -> a checked choice; list/tuple of str/int/float -
 dict -> repeatable `KEY=VALUE` (values read as YAML, merged key by key); anything else -> one YAML value.
 
 `settings_command(params)` turns a typer command function that takes `settings: dict` into one whose signature
-also holds the generated options; the function receives the given flags as a nested mapping, which
+also holds the generated options (register it with `cls=SettingsCommand`, which reads a bare `--flag` with a
+`flag_value` as that value); the function receives the given flags as a nested mapping, which
 `resolve(cls, settings, config)` deep-merges over the YAML file and turns into the dataclass.
 """
 
@@ -27,6 +28,7 @@ from typing import Any
 
 import typer
 import yaml
+from typer.core import TyperCommand
 
 MISSING = dataclasses.MISSING
 
@@ -46,6 +48,8 @@ class Param:
     show_default: str | bool = False
     panel: str | None = None
     convert: Callable[[Any], Any] = _identity
+    flag_value: str | None = None
+    """The value a bare `--flag` (no value after it) stands for, e.g. `--resume` = `--resume must`."""
 
     @property
     def name(self) -> str:
@@ -118,10 +122,28 @@ def _comma_list(item: type, container: type, flag: str) -> Callable[[str], Any]:
     return convert
 
 
+def _top_level_split(text: str) -> list[str]:
+    """ "a=1,b=[1,2]" -> ["a=1", "b=[1,2]"]: commas inside brackets, braces or quotes do not split."""
+    parts, depth, quote, start = [], 0, None, 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return [p.strip() for p in [*parts, text[start:]] if p.strip()]
+
+
 def _key_values(flag: str) -> Callable[[list[str]], dict]:
     def convert(items: list[str]) -> dict:
         out = {}
-        for item in items:
+        for item in (part for given in items for part in _top_level_split(given)):
             key, sep, value = item.partition("=")
             if not sep or not key.strip():
                 raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=flag)
@@ -157,7 +179,11 @@ def cli_type(tp: Any, flag: str) -> tuple[Any, Callable[[Any], Any], str]:
         container = tuple if origin is tuple else list
         return str | None, _comma_list(_unwrap_optional(args[0]), container, flag), " Comma separated."
     if tp is dict or origin in (dict, Mapping):
-        return list[str] | None, _key_values(flag), " KEY=VALUE, repeatable; merged into the file's mapping."
+        return (
+            list[str] | None,
+            _key_values(flag),
+            " KEY=VALUE[,KEY=VALUE...], repeatable; merged key by key.",
+        )
     return str | None, _yaml_value, " A YAML value."
 
 
@@ -173,11 +199,14 @@ def field_param(
     help: str = "",
     panel: str | None = None,
     show_default: str | bool | None = None,
+    flag_value: str | None = None,
 ) -> Param:
     """The `Param` of one dataclass field of type `tp` (bool fields get `--x/--no-x`)."""
     if _unwrap_optional(tp) is bool and "/" not in flag:
         flag = f"{flag}/--no-{flag.removeprefix('--')}"
     annotation, convert, suffix = cli_type(tp, flag.split("/")[0])
+    if flag_value is not None:
+        suffix += f" {flag} alone means {flag_value}."
     return Param(
         dest=dest,
         flags=(flag,),
@@ -186,6 +215,7 @@ def field_param(
         show_default=_show(default_of(f)) if show_default is None else show_default,
         panel=panel,
         convert=convert,
+        flag_value=flag_value,
     )
 
 
@@ -198,14 +228,15 @@ def dataclass_params(
     help: Mapping[str, str] | None = None,
     panel: str | None = None,
     exclude: Sequence[str] = (),
+    flag_values: Mapping[str, str] | None = None,
 ) -> list[Param]:
     """One `Param` per field of `cls` (except `exclude`), its value going to `dest + (field,)`.
 
     The flag is `flags[field]`, else `field.metadata["flag"]`, else `--{prefix}{field-name}`; the help is
     `help[field]` (what the field means to this command), else `field.metadata["help"]`, else the attribute
-    docstring.
+    docstring. `flag_values[field]` is what the flag means when given without a value.
     """
-    flags, help = dict(flags or {}), dict(help or {})
+    flags, help, flag_values = dict(flags or {}), dict(help or {}), dict(flag_values or {})
     hints, docs = typing.get_type_hints(cls), field_docs(cls)
     return [
         field_param(
@@ -215,6 +246,7 @@ def dataclass_params(
             flags.get(f.name) or f.metadata.get("flag") or flag_name(prefix + f.name),
             help.get(f.name) or f.metadata.get("help") or docs.get(f.name, ""),
             panel,
+            flag_value=flag_values.get(f.name),
         )
         for f in dataclasses.fields(cls)
         if f.name not in exclude and f.init
@@ -278,6 +310,26 @@ class _Command:
                 continue
             _insert(settings, p.dest, p.convert(value))
         return self._func(**kwargs, settings=settings)
+
+
+class SettingsCommand(TyperCommand):
+    """The click command of a `settings_command` function: a bare flag that has a `flag_value` (the next
+    argument missing or another option) is read as that value, e.g. `--resume` as `--resume must`."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        generated = getattr(self.callback, "__wrapped__", None)
+        if isinstance(generated, _Command):
+            implied = {f: p.flag_value for p in generated._generated() if p.flag_value for f in p.flags}
+            args = [
+                part
+                for i, arg in enumerate(args)
+                for part in (
+                    [arg, implied[arg]]
+                    if arg in implied and (i + 1 == len(args) or args[i + 1].startswith("-"))
+                    else [arg]
+                )
+            ]
+        return super().parse_args(ctx, args)
 
 
 def settings_command(params: Callable[[], list[Param]]) -> Callable[[Callable], Callable]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
 from safetensors.torch import save_file
 from torch import nn
 
@@ -68,7 +69,8 @@ class FinetuneResult:
     test_loss: float | None
     split: dict[str, list[int]]
     paths: dict[str, Path] = field(default_factory=dict)
-    """The saved artifacts by kind (model, adapter, merged, basis, inner_lr, normalization, ...)."""
+    """The saved artifacts by kind (model, adapter, merged, basis, inner_lr, normalization, ...); written by
+    the main process only (empty on the other ranks of a multi-process run)."""
     pde_vocabulary: list[str] | None = None
     world_size: int = 1
     mixed_precision: str = "no"
@@ -175,7 +177,6 @@ def finetune(
     normalizer = _normalizer(inp.normalization, split.train)
     families = extend_vocabulary(net, [t.pde for t in trajs])
     norm_json = json.dumps(normalizer.to_dict() if normalizer else {}, indent=2)
-    (out / "normalization.json").write_text(norm_json)
 
     def pairs(part: Sequence[Trajectory]):
         return pair_dataset(
@@ -209,7 +210,6 @@ def finetune(
             log=log,
         )
     context.files["README.md"] = model_card(spec, opts, base_name, channels, result, shots)
-    paths = {"normalization": out / "normalization.json", **spec.save(net, out, opts, context)}
     res = FinetuneResult(
         out=out,
         method=method,
@@ -220,7 +220,6 @@ def finetune(
         initial_val_loss=result.initial_val_loss,
         test_loss=None,
         split=split.indices,
-        paths=paths,
         pde_vocabulary=families,
         world_size=result.world_size,
         mixed_precision=result.mixed_precision,
@@ -228,9 +227,14 @@ def finetune(
     )
     if split.test:
         res.test_loss = evaluate(net, pairs(split.test), batch_size=cfg.batch_size, device=device)
-    if push_to:
-        folder = next(paths[k] for k in spec.artifacts if k in paths)
-        res.pushed_to = push_folder(folder, push_to, f"pdefm finetune --method {method} ({shots} shots)")
-    (out / "history.json").write_text(json.dumps(result.history, indent=2))
-    (out / "finetune.json").write_text(json.dumps(res.to_dict(), indent=2))
+    processes = PartialState()  # under `accelerate launch` only the main process writes and pushes
+    if processes.is_main_process:
+        (out / "normalization.json").write_text(norm_json)
+        res.paths = {"normalization": out / "normalization.json", **spec.save(net, out, opts, context)}
+        if push_to:
+            folder = next(res.paths[k] for k in spec.artifacts if k in res.paths)
+            res.pushed_to = push_folder(folder, push_to, f"pdefm finetune --method {method} ({shots} shots)")
+        (out / "history.json").write_text(json.dumps(result.history, indent=2))
+        (out / "finetune.json").write_text(json.dumps(res.to_dict(), indent=2))
+    processes.wait_for_everyone()
     return res

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import typer
-from typer.core import TyperCommand
 
 from data_pipelines.comma_lists import names
 from data_pipelines.settings import (
     Param,
+    SettingsCommand,
     dataclass_params,
     deep_merge,
     default_of,
@@ -67,7 +67,7 @@ TRAIN_HELP = {
 """What these training settings mean to `pdefm finetune` (overrides the dataclass's help)."""
 
 
-class PluginCommand(TyperCommand):
+class PluginCommand(SettingsCommand):
     """Imports `--plugin` modules before parsing, then rebuilds the options so that their methods appear."""
 
     def parse_args(self, ctx, args: list[str]) -> list[str]:
@@ -145,7 +145,12 @@ def _params() -> list[Param]:
     )
     inputs = dataclass_params(InputOptions, ("inputs",), panel="Data")
     train = dataclass_params(
-        TrainConfig, ("train",), flags={"out": "--run-folder"}, help=TRAIN_HELP, panel="Training"
+        TrainConfig,
+        ("train",),
+        flags={"out": "--run-folder"},
+        help=TRAIN_HELP,
+        panel="Training",
+        flag_values={"resume": "must"},
     )
     fixed = [*job, method, *inputs, *train]
     reserved = {f.split("/")[0] for p in fixed for f in p.flags} | {"--config", "--help"}

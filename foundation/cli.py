@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from data_pipelines.comma_lists import names
-from data_pipelines.settings import settings_command
+from data_pipelines.settings import SettingsCommand, settings_command
 
 pretrain_app = typer.Typer(help="Pretrain scOT on a streamed corpus (run under `accelerate launch`).")
 push_app = typer.Typer(help="Upload a checkpoint folder with its model card to the Hub.")
@@ -71,10 +71,11 @@ def _pretrain_params() -> list:
         annotation=int | None,
         help="Model resolution (sets model_overrides.image_size; default: the preset's).",
     )
-    return [*dataclass_params(PretrainConfig, flags={"learning_rate": "--lr"}), image_size]
+    params = dataclass_params(PretrainConfig, flags={"learning_rate": "--lr"}, flag_values={"resume": "must"})
+    return [*params, image_size]
 
 
-@pretrain_app.command()
+@pretrain_app.command(cls=SettingsCommand)
 @settings_command(_pretrain_params)
 def pretrain(
     config: Path = typer.Option(

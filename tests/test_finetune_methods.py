@@ -130,7 +130,8 @@ def test_lora_trains_only_adapters_merges_exactly_and_reloads(checkpoint, new_fa
     adapted = _out(res.model)
     reloaded = lora_method.load_adapter(load_model(checkpoint), res.paths["adapter"])
     assert torch.allclose(_out(reloaded), adapted, atol=1e-6)
-    assert torch.allclose(_out(load_model(res.paths["merged"])), adapted, atol=1e-5)
+    # merging folds B A into W: float32 rounding through every block (~1e-5 on O(1) outputs)
+    assert torch.allclose(_out(load_model(res.paths["merged"])), adapted, atol=1e-4)
     assert not torch.allclose(_out(load_model(checkpoint)), adapted, atol=1e-4)  # the adapter does something
 
 

@@ -118,6 +118,19 @@ def test_pretrain_flags_override_yaml_and_mappings_merge(tmp_path, captured):
     assert cfg.corpus == ["c1"] and cfg.max_steps == PretrainConfig(corpus=["x"]).max_steps
 
 
+def test_bare_resume_means_must_and_mappings_take_comma_lists(captured):
+    base = ["pretrain", "--corpus", "c"]
+    for extra, expected in (([], "never"), (["--resume"], "must"), (["--resume", "auto"], "auto")):
+        result = CliRunner().invoke(main, [*base, *extra, "--weights", "a=0.5,b=0.25", "--seed", "3"])
+        assert result.exit_code == 0, result.output
+        assert captured["pretrain"].resume == expected and captured["pretrain"].seed == 3
+        assert captured["pretrain"].weights == {"a": 0.5, "b": 0.25}
+    result = CliRunner().invoke(main, [*base, "--model-overrides", "depths=[1, 1],image_size=32", "--resume"])
+    assert result.exit_code == 0, result.output
+    assert captured["pretrain"].model_overrides == {"depths": [1, 1], "image_size": 32}
+    assert captured["pretrain"].resume == "must"
+
+
 def test_pretrain_without_yaml_and_bad_settings(tmp_path, captured):
     result = CliRunner().invoke(main, ["pretrain", "--corpus", "a,b", "--model-overrides", "embed_dim=16"])
     assert result.exit_code == 0, result.output
