@@ -227,6 +227,7 @@ def train(
         world_size=acc.num_processes,
         seed=cfg.seed,
         pin_memory=acc.device.type == "cuda",
+        drop_last=True if cfg.compile != "none" else None,  # compiled: one batch shape, no recompiles
     )
     steps_per_epoch = len(loader)
     total_steps = cfg.epochs * steps_per_epoch

@@ -18,7 +18,8 @@ def build_fno(
     n_layers: int = 4,
     channel_slices: Sequence[int] | None = None,
 ) -> TimeConditionedOperator:
-    """An FNO with `modes` Fourier modes per axis (clipped by neuraloperator to the grid at run time)."""
+    """An FNO with `modes` Fourier modes per axis (clipped by neuraloperator to the grid at run time); it runs
+    in fp32 under mixed precision, so its FFTs stay exact and supported."""
     net = FNO(
         n_modes=(modes, modes),
         in_channels=num_channels + 1,
@@ -26,4 +27,4 @@ def build_fno(
         hidden_channels=hidden_channels,
         n_layers=n_layers,
     )
-    return TimeConditionedOperator(net, num_channels, num_out_channels, channel_slices)
+    return TimeConditionedOperator(net, num_channels, num_out_channels, channel_slices, full_precision=True)

@@ -20,6 +20,7 @@ class TimeConditionedOperator(nn.Module):
     """`forward(pixel_values, time, pixel_mask=None, labels=None) -> ScOTOutput` around `net`.
 
     `net` maps [B, num_channels + 1, H, W] (the state and the lead time) to [B, num_out_channels, H, W].
+    With `full_precision` the net runs in fp32 even under mixed-precision autocast (FFTs: cuFFT has no bf16).
     """
 
     def __init__(
@@ -29,9 +30,10 @@ class TimeConditionedOperator(nn.Module):
         num_out_channels: int,
         channel_slices: Sequence[int] | None = None,
         p: int = 1,
+        full_precision: bool = False,
     ):
         super().__init__()
-        self.net = net
+        self.net, self.full_precision = net, full_precision
         self.num_channels, self.num_out_channels = num_channels, num_out_channels
         self.channel_slices = list(channel_slices) if channel_slices is not None else None
         self.p = p
@@ -52,7 +54,12 @@ class TimeConditionedOperator(nn.Module):
             )
         b, _, h, w = pixel_values.shape
         t = time.reshape(b, 1, 1, 1).to(pixel_values.dtype).expand(b, 1, h, w)
-        output = self.net(torch.cat([pixel_values, t], dim=1))
+        inputs = torch.cat([pixel_values, t], dim=1)
+        if self.full_precision:
+            with torch.autocast(inputs.device.type, enabled=False):
+                output = self.net(inputs.float())
+        else:
+            output = self.net(inputs)
         if pixel_mask is not None and labels is None:
             raise ValueError("pixel_mask needs labels (masked entries take the label's value)")
         output, loss = masked_output_and_loss(output, labels, pixel_mask, self.channel_slices, self.p)
