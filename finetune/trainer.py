@@ -152,13 +152,17 @@ class FinetuneHooks(TrainHooks):
             best = Path(self.cfg.out) / BEST_FILE
             self.best_state = {k: v.to(trainer.accelerator.device) for k, v in load_file(best).items()}
             return
-        val = trainer.mean_loss(self.val_data, self.cfg.batch_size)
+        val = self.validation_loss(trainer)
         self._record(
             trainer, {"epoch": 0, "step": 0, "train_loss": math.nan, "val_loss": val, "seconds": 0.0}
         )
 
+    def validation_loss(self, trainer: Trainer) -> float:
+        """What the best epoch is chosen by; meta-learning overrides it with the loss after adaptation."""
+        return trainer.mean_loss(self.val_data, self.cfg.batch_size)
+
     def evaluate(self, trainer: Trainer) -> dict[str, float]:
-        val = trainer.mean_loss(self.val_data, self.cfg.batch_size)
+        val = self.validation_loss(trainer)
         row = {
             "epoch": math.ceil(trainer.state.step / self.steps_per_epoch),
             "step": trainer.state.step,
