@@ -301,9 +301,13 @@ def test_main_path_compiles_without_graph_breaks():
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1
 
 
-def test_compiled_blocks_give_the_eager_outputs_and_gradients():
-    """Regional compilation (aot_eager backend: the dynamo and autograd path without code generation)."""
+def test_compiled_blocks_give_the_eager_outputs_and_gradients_and_recompile_once_per_new_batch_size():
+    """Regional compilation (aot_eager backend: the dynamo and autograd path without code generation): fewer graphs
+    than blocks (blocks of one variant share code), and a partial batch afterwards reuses them (dynamic batch
+    dimension) instead of recompiling or falling back to eager."""
     import copy
+
+    from torch._dynamo.backends.debugging import aot_eager
 
     torch.manual_seed(0)
     config = ScOTConfig.from_preset(
@@ -311,7 +315,14 @@ def test_compiled_blocks_give_the_eager_outputs_and_gradients():
     )
     eager = ScOT(config).train()
     compiled = copy.deepcopy(eager)
-    compiled.compile_blocks(backend="aot_eager")
+    compiles = []
+
+    def counting_backend(gm, example_inputs):
+        compiles.append(gm)
+        return aot_eager(gm, example_inputs)
+
+    torch._dynamo.reset()
+    compiled.compile_blocks(backend=counting_backend)
     x, t, y = _batch(side=16)
     runs = []
     for model in (eager, compiled):
@@ -321,8 +332,13 @@ def test_compiled_blocks_give_the_eager_outputs_and_gradients():
     torch.testing.assert_close(runs[0][0], runs[1][0], rtol=1e-5, atol=1e-6)
     for name, grad in runs[0][1].items():
         torch.testing.assert_close(grad, runs[1][1][name], rtol=1e-4, atol=1e-6, msg=name)
-    compiled_blocks = [m for m in compiled.modules() if getattr(m, "_compiled_call_impl", None) is not None]
-    assert len(compiled_blocks) == 2 * sum(config.depths) + sum(config.skip_connections)  # Swin + ConvNeXt
+    blocks = [m for m in compiled.modules() if getattr(m, "_compiled_call_impl", None) is not None]
+    assert len(blocks) == 2 * sum(config.depths) + sum(config.skip_connections)  # Swin + ConvNeXt
+    first = len(compiles)
+    assert first < len(blocks)
+    x3, t3, y3 = _batch(b=3, side=16)
+    compiled(x3, t3, labels=y3).loss.backward()
+    assert len(compiles) - first <= 1
 
 
 def test_fresh_time_conditioned_norms_start_as_plain_layer_norms():

@@ -265,6 +265,7 @@ def test_family_contract_deterministic_and_dtype_consistent(name):
     assert torch.isfinite(a.u).all()
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("name", ALL_FAMILIES)
 def test_family_cuda_matches_cpu(name):

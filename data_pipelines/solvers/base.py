@@ -146,7 +146,11 @@ class PDEFamily(ABC):
         expected = (batch, len(times), len(self.fields), resolution, resolution)
         if tuple(u.shape) != expected:
             raise RuntimeError(f"{self.name}: solver returned shape {tuple(u.shape)}, expected {expected}")
-        params = [{k: float(v[b]) for k, v in coeffs.items()} for b in range(batch)]
+        names = list(coeffs)  # read back in one transfer, not one per value
+        rows = (
+            torch.stack([coeffs[k].to(torch.float64) for k in names], 1).tolist() if names else [[]] * batch
+        )
+        params = [dict(zip(names, row, strict=True)) for row in rows]
         return SolverBatch(u=u.to(dtype), t=times.to(dtype), params=params)
 
     def normalize_coefficients(self, params: dict[str, float]) -> torch.Tensor:

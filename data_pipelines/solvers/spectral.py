@@ -71,8 +71,9 @@ def integrate_if_rk4(
     output interval (``dt`` overrides it). Each interval is split into equal substeps.
     """
     states = [u_hat]
+    times = times.tolist()  # one read of the output times, not one per interval
     for i in range(1, len(times)):
-        span = float(times[i] - times[i - 1])
+        span = times[i] - times[i - 1]
         step = dt if dt is not None else max_dt(u_hat)
         n_sub = max(1, math.ceil(span / step - 1e-9))
         h = span / n_sub
