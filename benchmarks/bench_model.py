@@ -1,24 +1,33 @@
-"""scOT forward and train-step time: pdefm's ScOT against an eager explicit-softmax formulation of the same weights.
+"""scOT forward and train-step time: pdefm's ScOT against an eager formulation of the same weights; aten op counts.
 
-The eager formulation is Poseidon's / HF Swinv2's as written: separate q/k/v projections, CPB tables and shift
-mask rebuilt every call, explicit softmax(QK^T * scale + bias + mask)V, and Poseidon's hand-written conditional
-LayerNorm. All candidates run side by side in one process (alternating repeats, medians) on copies of the same
-weights, each train step with the same fused AdamW. `--compile` adds pdefm with `ScOT.compile_blocks()`
-(regional torch.compile); its first step, which compiles, is reported separately.
+The eager formulation is Poseidon's / HF Swinv2's as written: separate q/k/v projections, the position-bias MLP,
+coordinate tables and shift mask rebuilt in every block, explicit softmax(QK^T * scale + bias + mask)V, and
+Poseidon's hand-written conditional LayerNorm in every norm. All candidates run side by side in one process
+(alternating repeats, medians) on copies of the same weights, each train step with the same fused AdamW.
+`--compile` adds pdefm with `ScOT.compile_blocks()` (regional torch.compile), `--compile-model` with
+`ScOT.compile_model()` (whole forward); their first step, which compiles, is reported separately. On a GPU the
+fastest candidate's FLOP rate is given as a share of the card's dense bf16 peak (`PEAK_BF16_TFLOPS`).
+
+`--count-ops` counts the aten ops of one train step (forward, backward, fused AdamW) instead of timing, on fake
+tensors (no memory, no compute; any preset on any machine). Op counts are what an eager GPU step launches, up to
+the attention kernel: on the CPU, SDPA with a trainable mask runs as its math decomposition (about 20 ops per
+block where a GPU's fused kernel runs 2).
 
 On CPU the eager formulation's many large temporaries make it sensitive to glibc's allocator returning memory
 to the OS (fresh pages are faulted in and zeroed on every step); run once more with
 `MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824` to see the ratio without that effect.
 
     python benchmarks/bench_model.py                              # tiny and T, 128x128, batch 4, CPU fp32
-    python benchmarks/bench_model.py --compile                    # also pdefm with compiled blocks
-    python benchmarks/bench_model.py --device cuda --dtype bf16 --preset B --batch 32 --compile
+    python benchmarks/bench_model.py --count-ops --preset B       # aten ops per B train step
+    python benchmarks/bench_model.py --device cuda --dtype bf16 --preset B --batch 32 --compile --json out.json
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import copy
+import json
 import math
 import os
 import platform
@@ -30,44 +39,113 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from foundation.attention import (
-    ScaledCosineSelfAttention,
-    WindowGeometry,
     coords_table,
     relative_index,
     shift_mask_table,
+    window_and_shift,
 )
 from foundation.conditioning import TimeConditionedNorm
 from foundation.configuration_scot import ScOTConfig
-from foundation.modeling_scot import ScOT
+from foundation.modeling_scot import DecoderStage, EncoderStage, PatchMerging, PatchUnmerging, ScOT
 from foundation.pretrain.optimization import adamw
 
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "RTX 4090": 165.0}
-"""Dense bf16 tensor-core peaks (vendor figures, no sparsity), matched as substrings of the device name."""
+PEAK_BF16_TFLOPS = {
+    "NVIDIA H100 80GB HBM3": 989.4,  # H100 SXM5
+    "NVIDIA H100 PCIe": 756.0,
+    "NVIDIA H100 NVL": 835.0,
+    "NVIDIA H200": 989.4,  # H200 SXM
+    "NVIDIA H200 NVL": 835.0,
+    "NVIDIA GH200 480GB": 989.4,
+    "NVIDIA B200": 2250.0,
+    "NVIDIA A100-SXM4-80GB": 312.0,
+    "NVIDIA A100-SXM4-40GB": 312.0,
+    "NVIDIA A100 80GB PCIe": 312.0,
+    "NVIDIA A100-PCIE-40GB": 312.0,
+    "NVIDIA L40S": 362.1,
+    "NVIDIA L4": 121.0,
+    "NVIDIA GeForce RTX 4090": 165.2,
+}
+"""Dense bf16 tensor-core peaks (vendor data sheets, no sparsity), keyed by the exact `torch.cuda.get_device_name`.
+Unknown names get no share of peak unless `--peak-tflops` is given."""
+
+BASELINE_OPS = {"commit": "3e7675b", "preset": "B", "batch": 2, "total": 22561, "kernels": 10702}
+"""`--count-ops` on main before the GPU-readiness work (B, 128x128, batch 2, float32, SDPA): the reference."""
+
+VIEW_OPS = frozenset(
+    "view _unsafe_view t transpose permute expand detach unsqueeze squeeze slice select unbind alias as_strided "
+    "split split_with_sizes chunk narrow reshape".split()
+)
+"""aten ops that only make views (no kernel on any device); `--count-ops` reports them apart."""
 
 
-class EagerSelfAttention(ScaledCosineSelfAttention):
-    """HF `Swinv2SelfAttention` as written (the baseline formulation)."""
+def _eager_attention(attention, x: torch.Tensor, grid: int) -> torch.Tensor:
+    """HF `Swinv2SelfAttention` inside its window partition, tables and shift mask rebuilt on every call."""
+    module = attention.self
+    b, _, c = x.shape
+    w, s = window_and_shift(grid, attention.window_size, attention.shifted)
+    p = math.ceil(grid / w) * w
+    x = x.view(b, grid, grid, c)
+    if p != grid:
+        x = F.pad(x, (0, 0, 0, p - grid, 0, p - grid))
+    if s:
+        x = torch.roll(x, shifts=(-s, -s), dims=(1, 2))
+    n = p // w
+    windows = x.view(b, n, w, n, w, c).permute(0, 1, 3, 2, 4, 5).reshape(b * n * n, w * w, c)
+    h, m = module.num_heads, w * w
 
-    def forward(self, windows: torch.Tensor, geometry: WindowGeometry) -> torch.Tensor:
-        b, nw, n, c = windows.shape
-        h, w = self.num_heads, geometry.window
-        x = windows.reshape(b * nw, n, c)
+    def heads(t):
+        return t.view(b * n * n, m, h, c // h).transpose(1, 2)
 
-        def heads(t):
-            return t.view(b * nw, n, h, c // h).transpose(1, 2)
+    q, k, v = heads(module.query(windows)), heads(module.key(windows)), heads(module.value(windows))
+    scores = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+    scores = scores * torch.clamp(module.logit_scale, max=math.log(100.0)).exp()
+    table = module.continuous_position_bias_mlp(coords_table(w, x.device).to(x.dtype)).view(-1, h)
+    bias = table[relative_index(w, x.device).view(-1)].view(m, m, h).permute(2, 0, 1)
+    scores = scores + 16 * torch.sigmoid(bias).unsqueeze(0)
+    if s:
+        mask = shift_mask_table(p, w, s, x.device).to(x.dtype) / 2
+        scores = scores.view(b, n * n, h, m, m) + mask.unsqueeze(0)
+        scores = (scores + mask.unsqueeze(0)).view(b * n * n, h, m, m)  # HF adds the -100 mask twice
+    out = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(b, n, n, w, w, c)
+    out = attention.output(out.view(b * n * n, m, c)).view(b, n, n, w, w, c)
+    x = out.permute(0, 1, 3, 2, 4, 5).reshape(b, p, p, c)
+    if s:
+        x = torch.roll(x, shifts=(s, s), dims=(1, 2))
+    return x[:, :grid, :grid].reshape(b, grid * grid, c)
 
-        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
-        scores = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
-        scores = scores * torch.clamp(self.logit_scale, max=math.log(100.0)).exp()
-        table = self.continuous_position_bias_mlp(coords_table(w, x.device).to(x.dtype)).view(-1, h)
-        bias = table[relative_index(w, x.device).view(-1)].view(n, n, h).permute(2, 0, 1)
-        scores = scores + 16 * torch.sigmoid(bias).unsqueeze(0)
-        if geometry.shift:
-            mask = shift_mask_table(geometry.padded, w, geometry.shift, x.device).to(x.dtype) / 2
-            scores = scores.view(b, nw, h, n, n) + mask.unsqueeze(0)
-            scores = (scores + mask.unsqueeze(0)).view(b * nw, h, n, n)  # HF adds the -100 mask twice
-        probs = F.dropout(torch.softmax(scores, dim=-1), self.dropout, self.training)
-        return (probs @ v).transpose(1, 2).reshape(b, nw, n, c)
+
+def _eager_blocks(stage, x, time, grid):
+    for block in stage.blocks:
+        x = x + block.layernorm_before(_eager_attention(block.attention, x, grid), time)
+        x = x + block.layernorm_after(block.output(block.intermediate(x)), time)
+    return x
+
+
+def _eager_merge(module: PatchMerging, x, time, grid):
+    b, _, c = x.shape
+    x = x.view(b, grid, grid, c)
+    x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+    return module.norm(module.reduction(x.reshape(b, -1, 4 * c)), time)
+
+
+def _eager_unmerge(module: PatchUnmerging, x, time, grid):
+    b, _, c = x.shape
+    x = module.upsample(x).view(b, grid, grid, 2, 2, c // 2).permute(0, 1, 3, 2, 4, 5)
+    return module.mixup(module.norm(x.reshape(b, 4 * grid * grid, c // 2), time))
+
+
+class EagerEncoderStage(EncoderStage):
+    def forward(self, x, time, operator, tables, *, grid: int):
+        state = _eager_blocks(self, x, time, grid)
+        return state, None if self.downsample is None else _eager_merge(
+            self.downsample, state + x, time, grid
+        )
+
+
+class EagerDecoderStage(DecoderStage):
+    def forward(self, x, time, operator, tables, *, grid: int):
+        x = _eager_blocks(self, x, time, grid)
+        return x if self.upsample is None else _eager_unmerge(self.upsample, x, time, grid)
 
 
 class EagerConditionalNorm(TimeConditionedNorm):
@@ -85,12 +163,77 @@ class EagerConditionalNorm(TimeConditionedNorm):
 def eager_reference(model: ScOT) -> ScOT:
     """A copy of `model` (same weights) running the eager formulation."""
     ref = copy.deepcopy(model)
+    swaps = {
+        EncoderStage: EagerEncoderStage,
+        DecoderStage: EagerDecoderStage,
+        TimeConditionedNorm: EagerConditionalNorm,
+    }
     for module in ref.modules():
-        if type(module) is ScaledCosineSelfAttention:
-            module.__class__ = EagerSelfAttention
-        elif type(module) is TimeConditionedNorm:
-            module.__class__ = EagerConditionalNorm
+        if type(module) in swaps:
+            module.__class__ = swaps[type(module)]
     return ref
+
+
+def count_train_step_ops(preset: str, batch: int, size: int, bf16: bool, implementation: str) -> dict:
+    """aten ops of one train step (zero_grad, forward, backward, fused AdamW step) of a fresh model, run on fake
+    tensors (FakeTensorMode on the CPU device: shapes only), after one uncounted step that creates the optimizer
+    state. Returns per-phase counts and the most frequent ops."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.phase = "forward"
+            self.ops = collections.Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace != "prim":
+                name = func.overloadpacket.__name__
+                phase = "backward" if torch._C._current_autograd_node() is not None else self.phase
+                self.ops[(phase, "view" if name in VIEW_OPS else "kernel", name)] += 1
+            return func(*args, **(kwargs or {}))
+
+    with torch.device("meta"):
+        model = ScOT(ScOTConfig.from_preset(preset, attn_implementation=implementation)).train()
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        model.to_empty(device="cpu")
+        x, t, y = torch.randn(batch, 4, size, size), torch.rand(batch), torch.randn(batch, 4, size, size)
+        optimizer = adamw(model.parameters(), lr=1e-4)
+        counter = Count()
+
+        def step():
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = model(x, t, labels=y).loss
+            loss.backward()
+            counter.phase = "optimizer"
+            optimizer.step()
+            counter.phase = "forward"
+
+        step()
+        with counter:
+            step()
+    ops = counter.ops
+    result = {
+        "preset": preset,
+        "batch": batch,
+        "size": size,
+        "dtype": "bf16" if bf16 else "fp32",
+        "attn_implementation": implementation,
+        "total": sum(ops.values()),
+        "kernels": sum(n for (_, kind, _), n in ops.items() if kind == "kernel"),
+    }
+    for phase in ("forward", "backward", "optimizer"):
+        result[f"{phase}_kernels"] = sum(
+            n for (p, kind, _), n in ops.items() if p == phase and kind == "kernel"
+        )
+    kernels = collections.Counter()
+    for (_, kind, name), n in ops.items():
+        if kind == "kernel":
+            kernels[name] += n
+    result["top_kernels"] = dict(kernels.most_common(15))
+    return result
 
 
 def _sync(device):
@@ -127,13 +270,22 @@ def train_step_flops(model, batch) -> float:
     return float(counter.get_total_flops())
 
 
-def bench_preset(preset: str, args, device) -> None:
+def peak_tflops(device, override: float | None) -> tuple[float | None, str]:
+    """The card's dense bf16 peak from the exact SKU table (or `--peak-tflops`), and the device name."""
+    name = torch.cuda.get_device_name(device)
+    return (override or PEAK_BF16_TFLOPS.get(name)), name
+
+
+def bench_preset(preset: str, args, device) -> dict:
     torch.manual_seed(0)
     model = ScOT(ScOTConfig.from_preset(preset)).to(device)
     models = {"eager": eager_reference(model), "pdefm": model}
     if args.compile:
         models["pdefm+compile"] = copy.deepcopy(model)
         models["pdefm+compile"].compile_blocks()
+    if args.compile_model:
+        models["pdefm+compile_model"] = copy.deepcopy(model)
+        models["pdefm+compile_model"].compile_model()
     b, s = args.batch, args.size
     batch = {
         "x": torch.randn(b, 4, s, s, device=device),
@@ -184,34 +336,80 @@ def bench_preset(preset: str, args, device) -> None:
     ref = outputs["eager"]
     e_fwd, e_step = median(fwd["eager"]), median(step["eager"])
     print(
-        f"  {'':14s} {'forward':>10s} {'train step':>11s} {'speed-up fwd':>13s} {'step':>6s}  output vs eager"
+        f"  {'':20s} {'forward':>10s} {'train step':>11s} {'speed-up fwd':>13s} {'step':>6s}  output vs eager"
     )
+    result = {
+        "preset": preset,
+        "params": n_params,
+        "batch": b,
+        "size": s,
+        "dtype": args.dtype,
+        "candidates": {},
+    }
     for name in models:
         f, st = median(fwd[name]), median(step[name])
         rel = ((outputs[name] - ref).norm() / ref.norm()).item()
         print(
-            f"  {name:14s} {f * 1e3:8.1f}ms {st * 1e3:9.1f}ms {e_fwd / f:12.2f}x {e_step / st:5.2f}x  "
+            f"  {name:20s} {f * 1e3:8.1f}ms {st * 1e3:9.1f}ms {e_fwd / f:12.2f}x {e_step / st:5.2f}x  "
             f"relative L2 {rel:.1e}"
         )
-    if args.compile:
-        print(f"  first train step of pdefm+compile (compiling): {first['pdefm+compile']:.1f} s")
-    best = min(median(step[name]) for name in models if name != "eager")
-    tflops = flops / best / 1e12
-    line = f"  train step: {flops / 1e9:.1f} GFLOP (fwd+bwd) -> fastest pdefm {tflops * 1e3:.1f} GFLOP/s"
+        result["candidates"][name] = {
+            "forward_ms": f * 1e3,
+            "train_step_ms": st * 1e3,
+            "first_step_s": first[name],
+            "output_rel_l2_vs_eager": rel,
+            "samples_per_s": b / st,
+        }
+    for name in models:
+        if "compile" in name:
+            print(f"  first train step of {name} (compiling): {first[name]:.1f} s")
+    fastest = min((n for n in models if n != "eager"), key=lambda n: median(step[n]))
+    tflops = flops / median(step[fastest]) / 1e12
+    result.update(train_step_gflop=flops / 1e9, fastest=fastest, fastest_tflops=tflops)
+    line = (
+        f"  train step: {flops / 1e9:.1f} GFLOP (fwd+bwd) -> fastest ({fastest}) {tflops * 1e3:.1f} GFLOP/s"
+    )
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+        peak, name = peak_tflops(device, args.peak_tflops)
+        result.update(device_name=name, peak_bf16_tflops=peak)
         if peak:
-            line += f" = {100 * tflops / peak:.1f}% of {peak:.0f} TFLOP/s bf16 peak"
+            result["share_of_bf16_peak"] = tflops / peak
+            line += f" = {100 * tflops / peak:.1f}% of {peak:.0f} TFLOP/s dense bf16 peak ({name})"
+        else:
+            line += f" (no peak known for {name!r}: pass --peak-tflops)"
     print(line)
+    return result
+
+
+def print_op_counts(args) -> list[dict]:
+    results = []
+    for preset in args.preset:
+        r = count_train_step_ops(
+            preset, args.batch, args.size, args.dtype == "bf16", args.attn_implementation
+        )
+        base = BASELINE_OPS
+        print(
+            f"\n[{preset}] aten ops per train step (batch {r['batch']}, {r['size']}x{r['size']}, {r['dtype']}, "
+            f"attention {r['attn_implementation']}): {r['kernels']} kernel ops "
+            f"(forward {r['forward_kernels']}, backward {r['backward_kernels']}, optimizer {r['optimizer_kernels']})"
+            f" + {r['total'] - r['kernels']} view ops = {r['total']}"
+        )
+        if (preset, r["batch"], r["dtype"]) == (base["preset"], base["batch"], "fp32"):
+            print(
+                f"  before ({base['commit']}): {base['kernels']} kernel ops, {base['total']} in all -> now "
+                f"{r['kernels'] / base['kernels']:.2f}x and {r['total'] / base['total']:.2f}x"
+            )
+        print("  most frequent kernels:", ", ".join(f"{k} {n}" for k, n in r["top_kernels"].items()))
+        results.append(r)
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", nargs="+", default=["tiny", "T"])
+    parser.add_argument("--preset", nargs="+", default=None, help="default: tiny T (timing), B (--count-ops)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
-    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=None, help="default: 4 (timing), 2 (--count-ops)")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
@@ -221,10 +419,18 @@ def main() -> None:
         help="also time pdefm with its blocks compiled (ScOT.compile_blocks)",
     )
     parser.add_argument(
+        "--compile-model", action="store_true", help="also time pdefm compiled whole (ScOT.compile_model)"
+    )
+    parser.add_argument(
         "--checkpointing", action="store_true", help="gradient checkpointing in the pdefm model"
     )
     parser.add_argument("--peak-tflops", type=float, default=None, help="the card's dense bf16 peak")
+    parser.add_argument("--count-ops", action="store_true", help="count aten ops per train step (no timing)")
+    parser.add_argument("--attn-implementation", default="sdpa", help="for --count-ops (default: the GPU's)")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args()
+    args.preset = args.preset or (["B"] if args.count_ops else ["tiny", "T"])
+    args.batch = args.batch or (2 if args.count_ops else 4)
     device = torch.device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     malloc = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
@@ -232,8 +438,16 @@ def main() -> None:
         f"machine: {platform.node()} {platform.machine()} {where}; torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; allocator settings {malloc or 'glibc defaults'}"
     )
-    for preset in args.preset:
-        bench_preset(preset, args, device)
+    if args.count_ops:
+        results = print_op_counts(args)
+    else:
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        results = [bench_preset(preset, args, device) for preset in args.preset]
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": where, "torch": torch.__version__, "results": results}, f, indent=2)
 
 
 if __name__ == "__main__":
