@@ -194,6 +194,7 @@ def finetune(
         families=families,
         state=state if state is not None else {},
         files={"normalization.json": norm_json},
+        log=log,
     )
     torch.manual_seed(cfg.seed)
     net, groups = spec.prepare(net, opts, context)

@@ -21,8 +21,8 @@ device and the outer gradient clipping come from the run's training settings.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,9 +36,8 @@ from torch.utils.data import Dataset, Subset, default_collate
 
 from data_pipelines.semigroup import coefficient_vector
 from finetune.methods.registry import Method, MethodContext, register_method
-from finetune.trainer import TrainResult, move_batch
-from foundation.pretrain.optimization import adamw
-from foundation.training import resolve_mixed_precision
+from finetune.trainer import FinetuneHooks, TrainConfig, TrainResult, move_batch, resolve_device, train
+from foundation.training import Trainer, resolve_mixed_precision
 
 INNER_LR_FILE = "inner_lr.safetensors"
 
@@ -260,85 +259,172 @@ def adapted_loss(
     return float(torch.stack(losses).mean())
 
 
+class TaskIndex(Dataset):
+    """The training tasks as the core's data: item i is task i (its index in `pixel_values`, so that the
+    core's batching, shuffling, rank split and resumable position apply to tasks)."""
+
+    def __init__(self, count: int):
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"pixel_values": torch.tensor([float(i)])}
+
+
+class MetaHooks(FinetuneHooks):
+    """Meta-learning on the training core: `backward` runs each task's inner loop and writes the averaged
+    meta-gradient (all-reduced over ranks) into `.grad`; validation is the adapted query loss of the
+    validation tasks; the learned inner learning rate (if any) is trained with the model and its weights are
+    part of the hooks' checkpointed state."""
+
+    def __init__(
+        self,
+        train_tasks: Sequence[Task],
+        val_tasks: Sequence[Task],
+        options: MetaOptions,
+        cfg: TrainConfig,
+        log,
+        lr_net: InnerLR | None,
+    ):
+        super().__init__(None, cfg, 1, None, log)
+        self.train_tasks, self.val_tasks, self.options, self.lr_net = train_tasks, val_tasks, options, lr_net
+        self.best_lr_net = None if lr_net is None else _copy_state(lr_net)
+
+    def _adapted(self, trainer: Trainer) -> float:
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        with trainer.accelerator.autocast():
+            return adapted_loss(
+                model,
+                self.val_tasks,
+                self.options,
+                self.lr_net,
+                batch_size=self.cfg.batch_size,
+                device=str(trainer.accelerator.device),
+            )
+
+    def on_start(self, trainer: Trainer) -> None:
+        self.steps_per_epoch = len(trainer.loader)  # outer steps per pass over the tasks (on this rank)
+        if self.history:
+            super().on_start(trainer)
+            return
+        val = self._adapted(trainer)
+        self._record(
+            trainer, {"epoch": 0, "step": 0, "train_loss": math.nan, "val_loss": val, "seconds": 0.0}
+        )
+
+    def backward(self, trainer: Trainer, batch: dict) -> torch.Tensor:
+        acc = trainer.accelerator
+        model = acc.unwrap_model(trainer.model)
+        tasks = [self.train_tasks[i] for i in batch["pixel_values"].view(-1).long().tolist()]  # one read
+        named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        total = [torch.zeros_like(p) for p in named.values()]
+        losses = []
+        for task in tasks:
+            lr_t = _inner_lr(self.lr_net, task, self.options)
+            lr = lr_t.detach() if isinstance(lr_t, torch.Tensor) else lr_t
+            with acc.autocast():
+                grads, q_loss, hyper = meta_gradient(
+                    model, task, self.options, lr, batch_size=self.cfg.batch_size, device=str(acc.device)
+                )
+            torch._foreach_add_(total, [grads[n] for n in named], alpha=1.0 / len(tasks))
+            if isinstance(lr_t, torch.Tensor):
+                lr_t.backward(hyper / len(tasks))
+            losses.append(q_loss)
+        if acc.num_processes > 1:
+            total = [acc.reduce(g, "mean") for g in total]
+            for p in self.lr_net.parameters() if self.lr_net is not None else []:
+                p.grad = acc.reduce(p.grad, "mean")
+        for p, g in zip(named.values(), total, strict=True):
+            p.grad = g.to(p.dtype)
+        return torch.stack(losses).mean()
+
+    def evaluate(self, trainer: Trainer) -> dict[str, float]:
+        val = self._adapted(trainer)
+        row = {
+            "epoch": math.ceil(trainer.state.step / self.steps_per_epoch),
+            "step": trainer.state.step,
+            "train_loss": trainer.row["train/loss"],
+            "val_loss": val,
+            "seconds": trainer.row["wall_s"] - self._last_seconds,
+        }
+        self._last_seconds = trainer.row["wall_s"]
+        self._record(trainer, row)
+        return {"val/loss": val}
+
+    def _record(self, trainer: Trainer, row: dict) -> None:
+        if row["val_loss"] < self.best_val and self.lr_net is not None:
+            self.best_lr_net = _copy_state(self.lr_net)
+        super()._record(trainer, row)
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        if self.lr_net is not None:
+            state["inner_lr"] = {k: v.tolist() for k, v in self.lr_net.state_dict().items()}
+            state["best_inner_lr"] = {k: v.tolist() for k, v in self.best_lr_net.items()}
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if self.lr_net is not None and "inner_lr" in state:
+            device = self.lr_net.family.weight.device
+            self.lr_net.load_state_dict(
+                {k: torch.tensor(v, device=device) for k, v in state["inner_lr"].items()}
+            )
+            self.best_lr_net = {k: torch.tensor(v, device=device) for k, v in state["best_inner_lr"].items()}
+
+
+def _copy_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
 def meta_train(
     model: nn.Module,
     train_tasks: Sequence[Task],
     val_tasks: Sequence[Task],
     options: MetaOptions | None = None,
-    *,
-    epochs: int = 10,
-    batch_size: int = 8,
-    seed: int = 0,
-    device: str = "cpu",
-    grad_clip: float = 5.0,
+    config: TrainConfig | None = None,
+    log=None,
 ) -> tuple[TrainResult, InnerLR | None]:
-    """Meta-trains `model` in place; keeps the weights with the best adapted validation query loss."""
-    opts = options or MetaOptions()
+    """Meta-trains `model` in place on the training core (epochs over the training tasks, `tasks_per_step`
+    tasks per outer AdamW step, inner batches of `config.batch_size`); keeps the weights (and inner learning
+    rate) with the best adapted validation query loss."""
+    opts, cfg = options or MetaOptions(), config or TrainConfig()
     if not train_tasks or not val_tasks:
         raise ValueError(
             f"meta: need training and validation tasks, got {len(train_tasks)} and {len(val_tasks)}"
         )
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    model.to(device).train()
+    if resolve_mixed_precision(cfg.mixed_precision, cfg.device) == "fp16":
+        raise ValueError(
+            "meta: mixed_precision fp16 needs loss scaling, which meta's inner loop has not; use bf16"
+        )
+    torch.manual_seed(cfg.seed)
+    groups = [
+        {
+            "name": "meta",
+            "params": [p for p in model.parameters() if p.requires_grad],
+            "lr": opts.outer_lr,
+            "weight_decay": opts.weight_decay,
+        }
+    ]
     lr_net = None
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": params, "lr": opts.outer_lr, "weight_decay": opts.weight_decay}]
     if opts.learn_inner_lr:
         num_families = 1 + max(t.family_index for t in [*train_tasks, *val_tasks])
-        lr_net = InnerLR(num_families, max_lr=opts.max_inner_lr).to(device)
-        groups.append({"params": list(lr_net.parameters()), "lr": opts.outer_lr, "weight_decay": 0.0})
-    optimizer = adamw(groups)
-    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    run = dict(batch_size=batch_size, device=device)
-
-    def snapshot():
-        state = {n: p.detach().clone() for n, p in named.items()}
-        return state, (None if lr_net is None else {k: v.clone() for k, v in lr_net.state_dict().items()})
-
-    result = TrainResult()
-    best = snapshot()
-    result.best_val_loss = adapted_loss(model, val_tasks, opts, lr_net, **run)
-    result.history.append({"epoch": 0, "step": 0, "train_loss": math.nan, "val_loss": result.best_val_loss})
-    for epoch in range(1, epochs + 1):
-        order = list(train_tasks)
-        rng.shuffle(order)
-        query_losses = []
-        for start in range(0, len(order), opts.tasks_per_step):
-            chunk = order[start : start + opts.tasks_per_step]
-            optimizer.zero_grad(set_to_none=True)
-            acc = [torch.zeros_like(p) for p in named.values()]
-            for task in chunk:
-                lr_t = _inner_lr(lr_net, task, opts)
-                lr = lr_t.detach() if isinstance(lr_t, torch.Tensor) else lr_t
-                grads, q_loss, hyper = meta_gradient(model, task, opts, lr, **run)
-                torch._foreach_add_(acc, [grads[n] for n in named], alpha=1.0 / len(chunk))
-                if isinstance(lr_t, torch.Tensor):
-                    lr_t.backward(hyper / len(chunk))
-                query_losses.append(q_loss)
-            for p, g in zip(named.values(), acc, strict=True):
-                p.grad = g
-            if grad_clip and grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, grad_clip)
-            optimizer.step()
-            result.steps += 1
-        val_loss = adapted_loss(model, val_tasks, opts, lr_net, **run)
-        result.history.append(
+        lr_net = InnerLR(num_families, max_lr=opts.max_inner_lr).to(resolve_device(cfg.device))
+        groups.append(
             {
-                "epoch": epoch,
-                "step": result.steps,
-                "train_loss": float(torch.stack(query_losses).mean()),
-                "val_loss": val_loss,
+                "name": "inner_lr",
+                "params": list(lr_net.parameters()),
+                "lr": opts.outer_lr,
+                "weight_decay": 0.0,
             }
         )
-        if val_loss < result.best_val_loss:
-            result.best_val_loss, result.best_epoch = val_loss, epoch
-            best = snapshot()
-    with torch.no_grad():
-        torch._foreach_copy_(list(named.values()), [best[0][n] for n in named])
+    run = dataclasses.replace(cfg, batch_size=opts.tasks_per_step)
+    hooks = MetaHooks(train_tasks, val_tasks, opts, cfg, log, lr_net)
+    result = train(model, TaskIndex(len(train_tasks)), None, config=run, param_groups=groups, hooks=hooks)
     if lr_net is not None:
-        lr_net.load_state_dict(best[1])
-    model.eval()
+        lr_net.load_state_dict(hooks.best_lr_net)
     return result, lr_net
 
 
@@ -356,31 +442,13 @@ class Meta(Method):
     candidate = False
 
     def fit(self, model: nn.Module, options: MetaOptions, context: MethodContext) -> TrainResult:
-        train = context.train
+        train_cfg = context.train
         task_args = dict(
-            support_fraction=options.support_fraction, seed=train.seed, families=context.families
+            support_fraction=options.support_fraction, seed=train_cfg.seed, families=context.families
         )
         train_tasks = make_tasks(context.train_trajectories, context.pairs, **task_args)
         val_tasks = make_tasks(context.val_trajectories, context.pairs, **task_args)
-        precision = resolve_mixed_precision(train.mixed_precision, context.device)
-        if precision == "fp16":
-            raise ValueError(
-                "meta: mixed_precision fp16 needs loss scaling, which meta's loop has not; use bf16"
-            )
-        device_type = torch.device(context.device).type
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            result, lr_net = meta_train(
-                model,
-                train_tasks,
-                val_tasks,
-                options,
-                epochs=train.epochs,
-                batch_size=train.batch_size,
-                seed=train.seed,
-                device=context.device,
-                grad_clip=train.max_grad_norm,
-            )
-        result.mixed_precision = precision
+        result, lr_net = meta_train(model, train_tasks, val_tasks, options, train_cfg, context.log)
         context.state["inner_lr"] = lr_net
         return result
 

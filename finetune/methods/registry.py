@@ -51,6 +51,8 @@ class MethodContext:
     """The PDE vocabulary of an operator-conditioned model (`pde_id` indexes it); None otherwise."""
     state: dict = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
+    log: Callable[[dict], None] | None = None
+    """Receives each validation-history row (the CLI prints them)."""
 
 
 class Method:
