@@ -13,10 +13,14 @@ With `learn_inner_lr` a small network maps the task (family and scaled coefficie
 learning rate a = max_inner_lr * sigmoid(...) (LeMONS's per-task learning rate). Its first-order
 hyper-gradient is dL_query/da = -<grad L_query(theta'), sum_k clamp(g_k)>, the inner gradients held fixed.
 
-Updates are multi-tensor (`torch._foreach_*`), a task's support and query batches are moved to the device
-once, and losses, the learned inner learning rate and its hyper-gradient stay on the device: a task costs no
-host read; losses are read once per epoch. Epochs, batch size, seed,
-device and the outer gradient clipping come from the run's training settings.
+The outer loop is the training core's (`MetaHooks` on `finetune.trainer.train`): the training tasks are
+its data (shuffled per epoch, split over ranks, resumable), `backward` writes the task-averaged
+meta-gradient (all-reduced over ranks), and the core clips, steps AdamW with a cosine schedule, autocasts,
+checkpoints and validates (the adapted query loss of the validation tasks) once per epoch. Epochs, the inner
+batch size, seed, device, precision and clipping are the run's training settings; `tasks_per_step` is the
+core's batch (a multiple of the process count). Inner updates are multi-tensor (`torch._foreach_*`), a
+task's batches go to the device once, and losses, the learned inner learning rate and its hyper-gradient
+stay on the device: one host read per outer step (its task indices).
 """
 
 from __future__ import annotations
