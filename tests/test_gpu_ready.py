@@ -228,3 +228,31 @@ def test_cuda_autocast_attention_runs_in_bf16_and_matches_eager():
         with torch.no_grad():
             fp32[implementation] = model(x, t).output
     assert (fp32["sdpa"] - fp32["eager"]).norm() / fp32["eager"].norm() <= 1e-4
+
+
+@pytest.mark.slow
+def test_device_check_dry_run_writes_every_section(tmp_path):
+    """benchmarks/device_check.sh --dry-run: every section runs on the CPU at tiny sizes and is summarised."""
+    import json
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    summary = tmp_path / "summary.json"
+    done = subprocess.run(
+        ["bash", str(repo / "benchmarks" / "device_check.sh"), "--dry-run", str(summary)],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    sections = json.loads(summary.read_text())["sections"]
+    assert set(sections) == {"gpu_tests", "op_count", "model", "pretrain", "physguard", "solvers"}
+    failed = {k: v for k, v in sections.items() if v["status"] != "ok"}
+    assert not failed, json.dumps(failed, indent=1)
+    assert sections["op_count"]["results"][0]["kernels"] > 0
+    assert sections["model"]["results"][0]["candidates"]["pdefm"]["train_step_ms"] > 0
+    assert sections["pretrain"]["samples_per_s_incl_startup"] > 0
+    assert sections["physguard"]["peak_host_gb"] > 0
+    assert len(sections["solvers"]["trajectories_per_s"]) >= 10
