@@ -1,8 +1,9 @@
 """Fine-tuning step time and peak training memory of LoRA, PhysGuard and meta-learning against full fine-tuning.
 
 All methods run in one process on copies of the same scOT, on the same batches of a generated family,
-in alternating repeats (medians). Targets (issue 6): LoRA peak memory <= 0.7x full; PhysGuard step time
-<= 1.15x full.
+in alternating repeats (medians). Targets: LoRA peak memory <= 0.7x full; PhysGuard step time <= 1.15x
+full. A last line gives full fine-tuning's step time under bf16 autocast (as `--mixed-precision bf16` runs
+it) against fp32.
 
 Peak memory, on CUDA: `torch.cuda.max_memory_allocated` over one step. On CPU, where no allocator
 counter exists, it is the training-state account: parameters + gradients + optimizer state (measured from
@@ -17,6 +18,7 @@ Meta-learning's step is one outer step (inner SGD steps on the support batch, th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import platform
 import statistics
@@ -52,8 +54,10 @@ def _bytes(tensors) -> int:
 class Method:
     """One training step of a method on its own copy of the model."""
 
-    def __init__(self, name, model, optimizer, transform=None):
+    def __init__(self, name, model, optimizer, transform=None, dtype=None):
         self.name, self.model, self.optimizer, self.transform = name, model, optimizer, transform
+        self.dtype = dtype
+        """Autocast dtype (bf16 as the training core runs mixed precision), None for fp32."""
 
     def step(self, batch, saved: list) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -62,7 +66,9 @@ class Method:
             saved.append(t)
             return t
 
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        device = next(self.model.parameters()).device.type
+        autocast = torch.autocast(device, dtype=self.dtype) if self.dtype else contextlib.nullcontext()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
             loss = batch_loss(self.model, batch)
         loss.backward()
         if self.transform is not None:
@@ -135,7 +141,11 @@ def main() -> None:
         torch.optim.AdamW(poseidon_param_groups(pg_model)),
         pg.Projector(pg_model, bases),
     )
-    methods = [full, lora, guard]
+    bf16_model = copy.deepcopy(base)
+    bf16 = Method(
+        "full-bf16", bf16_model, torch.optim.AdamW(poseidon_param_groups(bf16_model)), dtype=torch.bfloat16
+    )
+    methods = [full, lora, guard, bf16]
 
     meta_model = copy.deepcopy(base)
     meta_opts = meta_method.MetaOptions(inner_steps=args.inner_steps)
@@ -190,7 +200,7 @@ def main() -> None:
     print(
         f"{'method':<10} {'step s (median)':>16} {'x full':>8} {'peak MiB':>10} {'x full':>8}   [{mem_kind}]"
     )
-    for name in ("full", "lora", "physguard", "meta"):
+    for name in ("full", "lora", "physguard", "meta", "full-bf16"):
         t = statistics.median(times[name])
         mem = memory.get(name)
         mem_s = f"{mem / 2**20:>10.1f} {mem / ref_m:>8.2f}" if mem else f"{'n/a':>10} {'':>8}"
@@ -198,6 +208,9 @@ def main() -> None:
     print(
         f"targets: LoRA peak memory {memory['lora'] / ref_m:.2f}x (<= 0.7), "
         f"PhysGuard step time {statistics.median(times['physguard']) / ref_t:.2f}x (<= 1.15)"
+    )
+    print(
+        f"bf16 autocast vs fp32 (full fine-tuning step time): {statistics.median(times['full-bf16']) / ref_t:.2f}x"
     )
 
 
