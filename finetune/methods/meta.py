@@ -26,7 +26,6 @@ stay on the device: one host read per outer step (its task indices).
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -296,7 +295,8 @@ class MetaHooks(FinetuneHooks):
         self.train_tasks, self.val_tasks, self.options, self.lr_net = train_tasks, val_tasks, options, lr_net
         self.best_lr_net = None if lr_net is None else _copy_state(lr_net)
 
-    def _adapted(self, trainer: Trainer) -> float:
+    def validation_loss(self, trainer: Trainer) -> float:
+        """The validation tasks' mean query loss after inner-loop adaptation."""
         model = trainer.accelerator.unwrap_model(trainer.model)
         with trainer.accelerator.autocast():
             return adapted_loss(
@@ -310,13 +310,7 @@ class MetaHooks(FinetuneHooks):
 
     def on_start(self, trainer: Trainer) -> None:
         self.steps_per_epoch = len(trainer.loader)  # outer steps per pass over the tasks (on this rank)
-        if self.history:
-            super().on_start(trainer)
-            return
-        val = self._adapted(trainer)
-        self._record(
-            trainer, {"epoch": 0, "step": 0, "train_loss": math.nan, "val_loss": val, "seconds": 0.0}
-        )
+        super().on_start(trainer)
 
     def backward(self, trainer: Trainer, batch: dict) -> torch.Tensor:
         acc = trainer.accelerator
@@ -343,19 +337,6 @@ class MetaHooks(FinetuneHooks):
         for p, g in zip(named.values(), total, strict=True):
             p.grad = g.to(p.dtype)
         return torch.stack(losses).mean()
-
-    def evaluate(self, trainer: Trainer) -> dict[str, float]:
-        val = self._adapted(trainer)
-        row = {
-            "epoch": math.ceil(trainer.state.step / self.steps_per_epoch),
-            "step": trainer.state.step,
-            "train_loss": trainer.row["train/loss"],
-            "val_loss": val,
-            "seconds": trainer.row["wall_s"] - self._last_seconds,
-        }
-        self._last_seconds = trainer.row["wall_s"]
-        self._record(trainer, row)
-        return {"val/loss": val}
 
     def _record(self, trainer: Trainer, row: dict) -> None:
         if row["val_loss"] < self.best_val and self.lr_net is not None:
