@@ -38,9 +38,13 @@ class TrainConfig(TrainingArgs):
     """Hyper-parameters of one fine-tuning run (Poseidon's fine-tuning recipe as defaults, paper C.1)."""
 
     epochs: int = 20
+    """Passes over the training pairs (the step count is capped by --max-steps)."""
     lr: float = 5e-4
+    """Learning rate of parameters without a method-specific rate."""
     weight_decay: float = 1e-6
+    """AdamW weight decay of parameters without a method-specific one."""
     warmup_steps: int = 0
+    """Linear warmup before the cosine decay."""
     optimizer: str = "adamw"
     """adamw (the recipe) | sgd (for which PhysGuard's projection is exact in parameter space)."""
 
@@ -254,7 +258,8 @@ def train(
         project_name="pdefm-finetune",
     )
     state = trainer.fit()
-    unwrapped = acc.unwrap_model(trainer.model)
+    # the plain module, without accelerate's autocast forward: the trained model predicts in fp32 as saved
+    unwrapped = acc.unwrap_model(trainer.model, keep_fp32_wrapper=False)
     if hooks.best_state is not None:
         _restore(unwrapped, hooks.best_state)
     unwrapped.eval()

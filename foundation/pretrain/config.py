@@ -22,9 +22,11 @@ class PretrainConfig(TrainingArgs):
     """Corpus folders and/or Hub dataset ids streamed as one mixture."""
     out: str = "pretrain-out"
     preset: str = "tiny"
+    """Model size: tiny, T, B or L (Poseidon's sizes)."""
     model_overrides: dict = field(default_factory=dict)
     """ScOTConfig fields set on top of the preset, e.g. {"image_size": 32}."""
     families: list[str] | None = None
+    """Families of the corpora to train on (default: all of them)."""
     weights: dict[str, float] | None = None
     """Mixture weight per family (default: proportional to each family's examples); 0 excludes a family."""
     stopping_strategy: str = "all_exhausted"
@@ -35,26 +37,34 @@ class PretrainConfig(TrainingArgs):
     eval_corpus: list[str] | None = None
     """Held-out trajectories (other folders / Hub ids) scored every `eval_every` steps."""
     eval_trajectories: int = 16
+    """Held-out trajectories scored (from the start of each eval corpus)."""
     eval_every: int = 100
+    """Score the held-out pairs every N steps."""
     downstream: list[str] | None = None
     """Downstream tasks evaluated every `downstream_every` steps (see `foundation.pretrain.downstream`)."""
     downstream_every: int = 100
     max_steps: int = 1000
     max_minutes: float | None = None
+    """Stop (with a checkpoint) after this many minutes of training."""
     learning_rate: float = 1e-3
+    """Peak learning rate of the warmup + cosine schedule."""
     weight_decay: float = 0.1
+    """AdamW weight decay (not on norms and biases)."""
     warmup_steps: int | None = None
     """Linear warmup steps; default: max_steps // 10, at most 50."""
     min_lr_ratio: float = 0.0
+    """Final learning rate as a fraction of the peak."""
     num_workers: int = 0
     """DataLoader workers per process."""
     pairs_per_trajectory: int | None = None
+    """Random (input, target) pairs drawn per trajectory (default: all2all, every pair)."""
     shuffle_buffer: int = 4
     """Trajectories each rank x worker holds per family to draw pairs from (saved in every checkpoint)."""
     checkpoint_every: int | None = 100
     log_with: str = "auto"
     progress: bool = True
     push_to: str | None = None
+    """Push the final model with its card to this Hub repo, org/name."""
 
     def __post_init__(self):
         if isinstance(self.resume, bool):  # `resume=True` in Python and older YAML files

@@ -21,6 +21,7 @@ class TrainingArgs:
     max_steps: int | None = None
     """Optimizer steps; None: as many as the run's epochs give."""
     batch_size: int = 8
+    """Examples per optimizer step: per process in pretraining, the global batch in fine-tuning."""
     grad_accum: int = 1
     """Micro-batches per optimizer step."""
     max_grad_norm: float = 5.0
@@ -30,11 +31,13 @@ class TrainingArgs:
     device: str = "auto"
     """auto (CUDA when present) | cpu | cuda."""
     seed: int = 0
+    """Seed of initialisation, data order and sampling."""
     log_every: int = 10
     """Read losses and norms from the device, log and check them every N steps (no per-step host syncs)."""
     checkpoint_every: int | None = None
     """Checkpoint every N steps (also at the end and when stopped early); None: only at the end."""
     keep_checkpoints: int = 2
+    """How many of the newest checkpoints to keep (older ones are deleted after a newer one is written)."""
     max_bad_steps: int = 3
     """Optimizer steps with a non-finite gradient norm that are skipped before the run stops with an error."""
     resume: str = "never"
@@ -42,12 +45,14 @@ class TrainingArgs:
     overwrite: bool = False
     """Replace a finished or interrupted run in `out` instead of refusing it."""
     gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
     compile: str = "none"
     """none | blocks (regional torch.compile of each block) | model (whole-model torch.compile)."""
     log_with: str = "none"
     """Accelerate tracker(s), comma separated ("tensorboard", "wandb", "trackio"), "auto" (TensorBoard when
     installed) or "none"."""
     progress: bool = False
+    """Show a progress bar."""
 
     def __post_init__(self):
         for name in ("batch_size", "grad_accum", "log_every", "keep_checkpoints"):
