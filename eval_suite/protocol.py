@@ -22,6 +22,7 @@ from data_pipelines.normalization import Normalizer
 from data_pipelines.trajectory import Trajectory
 from eval_suite.metrics import channel_groups, per_sample_errors, summarize
 from finetune.predict import predict, rollout
+from foundation.conditioning import operator_inputs
 
 
 @dataclass
@@ -148,16 +149,27 @@ def forecast(
         )
     mapped, _ = ChannelMap(op.channels)(u, fields, op.normalizer, "test data")
     x0 = torch.from_numpy(mapped[:, h.input])
+    # an operator-conditioned model is told each trajectory's family and coefficients (its pde_vocabulary)
+    conditioning = operator_inputs(
+        getattr(op.model, "config", None), [t.pde for t in trajs], [t.params for t in trajs]
+    )
+
+    def part(i: int) -> dict:
+        return {k: v[i : i + batch_size] for k, v in conditioning.items()}
+
     if mode == "direct":
         leads = [h.span / (n_t - 1)]
         pred = torch.cat(
-            [predict(op.model, x0[i : i + batch_size], leads[0]) for i in range(0, len(x0), batch_size)]
+            [
+                predict(op.model, x0[i : i + batch_size], leads[0], **part(i))
+                for i in range(0, len(x0), batch_size)
+            ]
         )
     else:
         steps = h.span // stride
         leads = [stride * (k + 1) / (n_t - 1) for k in range(steps)]
         chunks = [
-            rollout(op.model, x0[i : i + batch_size], steps, stride / (n_t - 1))
+            rollout(op.model, x0[i : i + batch_size], steps, stride / (n_t - 1), **part(i))
             for i in range(0, len(x0), batch_size)
         ]
         pred = torch.cat(chunks)[:, 1:]

@@ -119,3 +119,26 @@ def test_finetuning_on_known_then_new_families_keeps_ids(pretrained, tmp_path):
     cond = operator_inputs(adapted.config, ["allen_cahn"], [unseen[0].params])
     assert cond["pde_id"].tolist() == [sorted(PRETRAIN_FAMILIES).index("allen_cahn")]
     assert torch.isfinite(predict(adapted, x, 0.5, **cond)).all()
+
+
+def test_evaluation_forecasts_tell_a_conditioned_model_each_family():
+    """The evaluation protocol looks each trajectory's family up in the model's vocabulary: the same model
+    with its vocabulary reordered (so diffusion gets the other id) predicts differently, and a family
+    outside the vocabulary is refused."""
+    import dataclasses
+
+    from eval_suite.protocol import TrainedOperator, forecast
+
+    torch.manual_seed(0)
+    model = _conditioned(["diffusion", "advection"], 2)
+    with torch.no_grad():  # an initialised conditioning starts neutral; perturb it as training would
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    trajs = list(family_trajectories("diffusion", 2))
+    op = TrainedOperator(model, ("s", "k"), None)
+    first = forecast(op, trajs).pred
+    model.config.pde_vocabulary = ["advection", "diffusion"]
+    second = forecast(op, trajs).pred
+    assert not torch.allclose(first, second)
+    with pytest.raises(ValueError, match="not in the model's pde_vocabulary"):
+        forecast(op, [dataclasses.replace(t, pde="wave") for t in trajs])
