@@ -23,7 +23,6 @@ from eval_suite.metrics import METRICS, radial_error_spectrum
 from eval_suite.protocol import Forecast, TrainedOperator, forecast, persistence, resolve_horizon, score
 from eval_suite.report import environment, figure, fmt, table, write_report
 from eval_suite.studies.candidates import (
-    METHODS,
     SCRATCH,
     Budget,
     check_candidates,
@@ -31,6 +30,7 @@ from eval_suite.studies.candidates import (
     physguard_bases,
     pretrained_operator,
     scratch_options,
+    study_methods,
 )
 from eval_suite.studies.splits import draw_shots, split_test
 from eval_suite.studies.tuning import tune_candidate
@@ -97,7 +97,7 @@ def evaluate_operator(
 def with_scratch(candidates: Sequence[str]) -> list[str]:
     """The candidates, plus scOT from scratch whenever a pretrained method is among them."""
     names = list(dict.fromkeys(candidates))
-    if any(c in METHODS for c in names) and SCRATCH not in names:
+    if any(c in study_methods() for c in names) and SCRATCH not in names:
         names.append(SCRATCH)
     return names
 
@@ -188,7 +188,7 @@ def run_few_shot(
             results[name][n] = {"seeds": runs, "mean": mean, "std": std}
 
     zero_shot = {}
-    if model is not None and any(c in METHODS for c in candidates):
+    if model is not None and any(c in study_methods() for c in candidates):
         try:
             op = pretrained_operator(model, trajs[0].fields, Normalizer.from_trajectories(pool))
             zero_shot = {
@@ -251,7 +251,7 @@ def _verdicts(results: dict, curves: dict, zero_shot: dict, still: float, shots:
         headline = dict(headline, line=headline["line"] + " at every shot count")
     lines = [headline["line"]]
     versus = {}
-    methods = [m for m in METHODS if m in curves]
+    methods = [m for m in study_methods() if m in curves]
     if methods and SCRATCH in curves:
         n = shots[-1]
         best = min(methods, key=lambda m: curves[m][n] if np.isfinite(curves[m][n]) else np.inf)
