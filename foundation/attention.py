@@ -115,24 +115,42 @@ def level_attention_inputs(
     shifted: Sequence[bool],
     tables: dict[str, torch.Tensor],
     dtype: torch.dtype,
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(additive mask [1 or nW, h, N, N] in `dtype`, q/k/v row coefficients [2, 3, h, 1, 1] in float32, see
-    `_normalize_qk`) for each of a level's blocks: one batched position-bias MLP, one clamp+exp of the logit
-    scales and one shift-mask addition for all of them."""
+) -> list[tuple]:
+    """The per-step inputs of each of several blocks' attentions that share one window geometry, computed for all
+    of them at once: (additive mask [1 or nW, h, N, N] in `dtype`, q/k/v row scale [3, h, 1, 1] and offset (see
+    `NormalizeQK`), concatenated q/k/v weight [3C, C] and bias [3C] (None when a layer is wrapped, e.g. by LoRA)).
+
+    One batched position-bias MLP, one clamp+exp of the logit scales, one shift-mask addition and one q/k/v
+    weight concatenation serve every block; each block gets views with the same strides (compiled blocks share
+    code)."""
     order = [i for i, s in enumerate(shifted) if not s] + [i for i, s in enumerate(shifted) if s]
     unshifted = len(order) - sum(shifted)
-    mlps = [attentions[i].continuous_position_bias_mlp for i in order]
+    ordered = [attentions[i] for i in order]
+    mlps = [a.continuous_position_bias_mlp for a in ordered]
     bias = level_position_bias(tables["coords"], tables["index"], mlps).to(dtype)  # [n, h, N, N]
     masks = list(bias[:unshifted].unsqueeze(1).unbind(0))
     if unshifted < len(order):
         shift_mask = tables["shift_mask"].to(dtype)  # [nW, 1, N, N]
         masks += list((bias[unshifted:].unsqueeze(1) + shift_mask).unbind(0))
-    scale = torch.stack([attentions[i].logit_scale for i in order]).clamp(max=_MAX_LOGIT_SCALE).exp()
-    one, zero = torch.ones_like(scale), torch.zeros_like(scale)  # [n, h, 1, 1]
-    coefs = torch.stack([torch.stack([scale, one, zero], 1), torch.stack([zero, zero, one], 1)], 1)
+    logit = torch.stack([a.logit_scale for a in ordered]).clamp(max=_MAX_LOGIT_SCALE).exp()  # [n, h, 1, 1]
+    one, zero = torch.ones_like(logit), torch.zeros_like(logit)
+    scales = torch.stack([logit, one, zero], 1).unbind(0)  # q: logit scale, k: 1, v: 0
+    offset = torch.stack([zero[0], zero[0], one[0]])  # v: 1
+    layers = [(a.query, a.key, a.value) for a in ordered]
+    weights = biases = [None] * len(order)
+    if all(type(layer) is nn.Linear for group in layers for layer in group):
+        width = ordered[0].query.weight.shape[1]
+        weights = torch.cat([layer.weight for group in layers for layer in group]).to(
+            dtype
+        )  # one autocast cast
+        weights = weights.view(len(order), -1, width).unbind(0)
+        if ordered[0].query.bias is not None:
+            no_bias = torch.zeros_like(ordered[0].query.bias)  # key has none
+            biases = torch.cat([b for q, _, v in layers for b in (q.bias, no_bias, v.bias)]).to(dtype)
+            biases = biases.view(len(order), -1).unbind(0)
     out: list = [None] * len(order)
-    for i, mask, coef in zip(order, masks, coefs.unbind(0), strict=True):
-        out[i] = (mask, coef)
+    for slot, i in enumerate(order):
+        out[i] = (masks[slot], scales[slot], offset, weights[slot], biases[slot])
     return out
 
 
@@ -141,8 +159,7 @@ def resolve_implementation(requested: str, q: torch.Tensor, mask: torch.Tensor, 
     eager mode (where SDPA's differentiation of an additive mask is several times slower), SDPA otherwise.
     "chunked" falls back to "eager" where its hand-written Function cannot run (torch.compile, torch.func
     transforms, attention dropout)."""
-    plain = not (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active())
-    chunkable = plain and dropout == 0.0
+    chunkable = not _traced() and dropout == 0.0
     if requested == "auto":
         trains = mask.requires_grad and torch.is_grad_enabled()
         return "chunked" if chunkable and trains and q.device.type == "cpu" else "sdpa"
@@ -151,19 +168,58 @@ def resolve_implementation(requested: str, q: torch.Tensor, mask: torch.Tensor, 
     return requested
 
 
-def _normalize_qk(qkv: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
-    """qkv [3, ..., d] with q and k L2-normalised along d, q times the logit scale, v unchanged: one pass over all
-    three rows with per-row factor rsqrt(|x|^2 + 1e-24) * coef[0] + coef[1] (coef [2, 3, h, 1, 1]: multipliers
-    (scale, 1, 0), offsets (0, 0, 1)), so no slice of qkv needs a zero-filled gradient.
+def _traced() -> bool:
+    """Under torch.compile or a torch.func transform, where `out=` into a chosen layout is not supported."""
+    return torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
 
-    Stays in qkv's dtype; only the small norms are float32. rsqrt(|x|^2 + 1e-24) equals F.normalize's
-    1/max(|x|, 1e-12) for every row but exact zeros (which stay zero), with no clamp to differentiate.
+
+class NormalizeQK(torch.autograd.Function):
+    """qkv [3, B*nW, h, N, d] (any strides) -> contiguous qkv with q and k L2-normalised along d, q times the logit
+    scale and v unchanged, from one per-row factor scale / max(|x|, 1e-12) + offset (scale [3, h, 1, 1] is
+    (logit scale, 1, 0), offset (0, 0, 1)) as F.normalize computes it.
+
+    Stays in qkv's dtype (only the per-row norms are float32, so CUDA autocast upcasts nothing). The output is
+    contiguous, so the attention kernels need no copies of q, k, v, and the gradient comes back in qkv's own
+    layout: a few ops instead of autograd's dozen, and no zero-filled or concatenated gradients.
     """
-    with autocast_off(qkv.device.type):  # CUDA autocast would upcast the whole of qkv for the reduction
-        squared = (qkv * qkv).sum(dim=-1, keepdim=True, dtype=torch.float32)
-        scale, offset = coef.unsqueeze(2).unbind(0)  # [3, 1, h, 1, 1] against [3, B*nW, h, N, 1]
-        factor = torch.addcmul(offset, torch.rsqrt(squared + 1e-24), scale)
-        return qkv * factor.to(qkv.dtype)
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(qkv, scale, offset):
+        with autocast_off(qkv.device.type):
+            norm = torch.linalg.vector_norm(qkv, dim=-1, keepdim=True, dtype=torch.float32)
+            inv = torch.reciprocal(norm.clamp_min_(1e-12))  # [3, B*nW, h, N, 1]
+            factor = torch.addcmul(offset.unsqueeze(1), inv, scale.unsqueeze(1))
+            if _traced():
+                return (qkv * factor.to(qkv.dtype)).contiguous(), inv, factor
+            out = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
+            return torch.mul(qkv, factor.to(qkv.dtype), out=out), inv, factor
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        qkv, scale, _ = inputs
+        _, inv, factor = output
+        ctx.mark_non_differentiable(inv, factor)
+        ctx.set_materialize_grads(False)  # no zero gradients made for inv and factor
+        ctx.save_for_backward(qkv, scale, inv, factor)
+
+    @staticmethod
+    def backward(ctx, grad, _grad_inv, _grad_factor):
+        if grad is None:
+            return None, None, None
+        qkv, scale, inv, factor = ctx.saved_tensors
+        # y = x * (s / |x| + o): dy/dx . g = g * factor - x * (g . x) * s / |x|^3 (rows with |x| > 1e-12)
+        gx = torch.linalg.vecdot(grad.to(qkv.dtype), qkv).unsqueeze(-1).float()  # [3, B*nW, h, N, 1]
+        scaled = gx * inv
+        grad_scale = scaled.sum(dim=(1, 3))  # [3, h, 1]
+        correction = (scaled * (inv * inv) * scale.unsqueeze(1)).to(qkv.dtype)
+        if _traced():
+            grad_qkv = torch.addcmul(grad * factor.to(qkv.dtype), qkv, correction, value=-1.0)
+        else:  # in qkv's layout: the gradient flows on to the projection without a copy
+            grad_qkv = torch.empty_like(qkv)
+            torch.addcmul(grad * factor.to(qkv.dtype), qkv, correction, value=-1.0, out=grad_qkv)
+        return grad_qkv, grad_scale.unsqueeze(-1), None
 
 
 class ScaledCosineSelfAttention(nn.Module):
@@ -196,15 +252,14 @@ class ScaledCosineSelfAttention(nn.Module):
             bias = torch.cat([self.query.bias, torch.zeros_like(self.query.bias), self.value.bias])
         return F.linear(windows, weight, bias)
 
-    def forward(self, windows: torch.Tensor, mask: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
-        """windows [B, nW, N, C], mask [1 or nW, h, N, N], coef [2, 3, h, 1, 1] (see `_normalize_qk`)
-        -> attended values [B, nW, N, C]."""
+    def forward(self, windows, mask, scale, offset, weight=None, bias=None) -> torch.Tensor:
+        """windows [B, nW, N, C] and this block's share of `level_attention_inputs` (mask [1 or nW, h, N, N],
+        scale and offset of `NormalizeQK`, q/k/v weight and bias or None) -> attended values [B, nW, N, C]."""
         b, nw, n, c = windows.shape
         h = self.num_heads
-        qkv = (
-            self._project(windows).view(b * nw, n, 3, h, c // h).permute(2, 0, 3, 1, 4)
-        )  # [3, B*nW, h, N, d]
-        q, k, v = _normalize_qk(qkv, coef).unbind(0)
+        qkv = F.linear(windows, weight, bias) if weight is not None else self._project(windows)
+        qkv = qkv.view(b * nw, n, 3, h, c // h).permute(2, 0, 3, 1, 4)  # [3, B*nW, h, N, d]
+        q, k, v = NormalizeQK.apply(qkv, scale, offset)[0].unbind(0)
         dropout = self.dropout if self.training else 0.0
         mask = mask.to(q.dtype)
         implementation = resolve_implementation(self.config.attn_implementation, q, mask, dropout)
@@ -219,10 +274,14 @@ class ScaledCosineSelfAttention(nn.Module):
             q, k, v = (t.reshape(b, nw * h, n, c // h) for t in (q, k, v))
             mask = mask.reshape(1, nw * h, n, n)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=1.0)
-            out = out.view(b * nw, h, n, c // h)
+            out = out.unflatten(
+                1, (nw, h)
+            )  # a view whatever layout the kernel wrote (CUDA's is [B, N, H, d])
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=1.0)
-        return out.transpose(1, 2).reshape(b, nw, n, c)
+        if out.dim() == 4:
+            out = out.unflatten(0, (b, nw))
+        return out.transpose(2, 3).reshape(b, nw, n, c)
 
 
 class AttentionOutput(nn.Module):
@@ -247,8 +306,8 @@ class WindowAttention(nn.Module):
         self.self = ScaledCosineSelfAttention(dim, num_heads, config)
         self.output = AttentionOutput(dim, config.hidden_dropout_prob)
 
-    def forward(self, x: torch.Tensor, grid: int, mask: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
-        """x [B, grid*grid, C] -> [B, grid*grid, C]; mask and coef from `level_attention_inputs`."""
+    def forward(self, x: torch.Tensor, grid: int, *inputs) -> torch.Tensor:
+        """x [B, grid*grid, C] -> [B, grid*grid, C]; `inputs`: this block's share of `level_attention_inputs`."""
         b, _, c = x.shape
         w, s = window_and_shift(grid, self.window_size, self.shifted)
         p = math.ceil(grid / w) * w
@@ -259,7 +318,7 @@ class WindowAttention(nn.Module):
             x = torch.roll(x, shifts=(-s, -s), dims=(1, 2))
         n = p // w
         windows = x.view(b, n, w, n, w, c).permute(0, 1, 3, 2, 4, 5).reshape(b, n * n, w * w, c)
-        windows = self.output(self.self(windows, mask, coef))
+        windows = self.output(self.self(windows, *inputs))
         x = windows.view(b, n, n, w, w, c).permute(0, 1, 3, 2, 4, 5).reshape(b, p, p, c)
         if s:
             x = torch.roll(x, shifts=(s, s), dims=(1, 2))

@@ -209,11 +209,11 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 
 def _per_block_reference(attentions, shifted, tables, dtype):
-    """Each block's mask and q/k/v coefficients computed on their own with HF Swinv2's modular formulas."""
+    """Each block's mask and q/k/v scales computed on their own with HF Swinv2's modular formulas (and q/k/v
+    projected module by module)."""
     from foundation.attention import _MAX_LOGIT_SCALE
 
-    n = tables["index"].numel()
-    side = int(n**0.5)
+    side = int(tables["index"].numel() ** 0.5)
     out = []
     for attention, shift in zip(attentions, shifted, strict=True):
         mlp, h = attention.continuous_position_bias_mlp, attention.num_heads
@@ -221,14 +221,9 @@ def _per_block_reference(attentions, shifted, tables, dtype):
         mask = (16 * torch.sigmoid(table)).unsqueeze(0)
         if shift:
             mask = mask + tables["shift_mask"]
-        scale = torch.clamp(attention.logit_scale, max=_MAX_LOGIT_SCALE).exp()
-        coef = torch.stack(
-            [
-                torch.cat([scale[None], torch.ones_like(scale)[None], torch.zeros_like(scale)[None]]),
-                torch.cat([torch.zeros_like(scale)[None]] * 2 + [torch.ones_like(scale)[None]]),
-            ]
-        )
-        out.append((mask.to(dtype), coef))
+        logit = torch.clamp(attention.logit_scale, max=_MAX_LOGIT_SCALE).exp()
+        ones, zeros = torch.ones_like(logit), torch.zeros_like(logit)
+        out.append((mask.to(dtype), torch.stack([logit, ones, zeros]), torch.stack([zeros, zeros, ones])))
     return out
 
 
