@@ -9,9 +9,9 @@ Poseidon's hand-written conditional LayerNorm in every norm. All candidates run 
 fastest candidate's FLOP rate is given as a share of the card's dense bf16 peak (`PEAK_BF16_TFLOPS`).
 
 `--count-ops` counts the aten ops of one train step (forward, backward, fused AdamW) instead of timing, on fake
-tensors (no memory, no compute; any preset on any machine). Op counts are what an eager GPU step launches, up to
-the attention kernel: on the CPU, SDPA with a trainable mask runs as its math decomposition (about 20 ops per
-block where a GPU's fused kernel runs 2).
+tensors (no memory, no compute; any preset on any machine): what an eager GPU step launches. SDPA is counted as
+the fused kernel a GPU runs (memory-efficient attention: one op each way); `--cpu-attention` counts the CPU's
+math decomposition instead (about 14 ops per block).
 
 On CPU the eager formulation's many large temporaries make it sensitive to glibc's allocator returning memory
 to the OS (fresh pages are faulted in and zeroed on every step); run once more with
@@ -68,8 +68,14 @@ PEAK_BF16_TFLOPS = {
 """Dense bf16 tensor-core peaks (vendor data sheets, no sparsity), keyed by the exact `torch.cuda.get_device_name`.
 Unknown names get no share of peak unless `--peak-tflops` is given."""
 
-BASELINE_OPS = {"commit": "3e7675b", "preset": "B", "batch": 2, "total": 22561, "kernels": 10702}
-"""`--count-ops` on main before the GPU-readiness work (B, 128x128, batch 2, float32, SDPA): the reference."""
+BASELINE_OPS = {
+    ("fp32", "gpu"): (9318, 18769),
+    ("bf16", "gpu"): (11300, 20751),
+    ("fp32", "cpu"): (10342, 21137),
+}
+"""(kernel ops, all ops) of `--count-ops` for B (128x128, batch 2, SDPA) on main before the GPU-readiness work
+(3e7675b, its forward's value checks disabled so fake tensors pass), with SDPA counted as the GPU's fused kernel
+("gpu") or as the CPU's math decomposition ("cpu"). Its CPU default ("auto": the chunked Function) took 10702."""
 
 VIEW_OPS = frozenset(
     "view _unsafe_view t transpose permute expand detach unsqueeze squeeze slice select unbind alias as_strided "
@@ -174,10 +180,23 @@ def eager_reference(model: ScOT) -> ScOT:
     return ref
 
 
-def count_train_step_ops(preset: str, batch: int, size: int, bf16: bool, implementation: str) -> dict:
+def _efficient_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
+    """SDPA as CUDA runs it with an additive mask: the memory-efficient kernel, one op forward and one backward
+    (the CPU's math decomposition takes about 20), the mask broadcast as a view."""
+    mask = None if attn_mask is None else attn_mask.expand(*query.shape[:-1], key.shape[-2])
+    need_lse = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
+    return torch.ops.aten._scaled_dot_product_efficient_attention(
+        query, key, value, mask, need_lse, dropout_p, is_causal, scale=scale
+    )[0]
+
+
+def count_train_step_ops(
+    preset: str, batch: int, size: int, bf16: bool, implementation: str, gpu_attention: bool = True
+) -> dict:
     """aten ops of one train step (zero_grad, forward, backward, fused AdamW step) of a fresh model, run on fake
     tensors (FakeTensorMode on the CPU device: shapes only), after one uncounted step that creates the optimizer
-    state. Returns per-phase counts and the most frequent ops."""
+    state. With `gpu_attention`, SDPA is counted as the fused kernel a GPU runs (`_efficient_sdpa`) rather than
+    the CPU's decomposition. Returns per-phase counts and the most frequent ops."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -211,16 +230,23 @@ def count_train_step_ops(preset: str, batch: int, size: int, bf16: bool, impleme
             optimizer.step()
             counter.phase = "forward"
 
-        step()
-        with counter:
+        sdpa = F.scaled_dot_product_attention
+        if gpu_attention:
+            F.scaled_dot_product_attention = _efficient_sdpa
+        try:
             step()
+            with counter:
+                step()
+        finally:
+            F.scaled_dot_product_attention = sdpa
     ops = counter.ops
     result = {
         "preset": preset,
         "batch": batch,
         "size": size,
         "dtype": "bf16" if bf16 else "fp32",
-        "attn_implementation": implementation,
+        "attn_implementation": implementation
+        + (" (SDPA as the GPU's fused kernel)" if gpu_attention else ""),
         "total": sum(ops.values()),
         "kernels": sum(n for (_, kind, _), n in ops.items() if kind == "kernel"),
     }
@@ -383,21 +409,28 @@ def bench_preset(preset: str, args, device) -> dict:
 
 def print_op_counts(args) -> list[dict]:
     results = []
+    attention = "cpu" if args.cpu_attention else "gpu"
     for preset in args.preset:
         r = count_train_step_ops(
-            preset, args.batch, args.size, args.dtype == "bf16", args.attn_implementation
+            preset,
+            args.batch,
+            args.size,
+            args.dtype == "bf16",
+            args.attn_implementation,
+            not args.cpu_attention,
         )
-        base = BASELINE_OPS
         print(
             f"\n[{preset}] aten ops per train step (batch {r['batch']}, {r['size']}x{r['size']}, {r['dtype']}, "
             f"attention {r['attn_implementation']}): {r['kernels']} kernel ops "
             f"(forward {r['forward_kernels']}, backward {r['backward_kernels']}, optimizer {r['optimizer_kernels']})"
             f" + {r['total'] - r['kernels']} view ops = {r['total']}"
         )
-        if (preset, r["batch"], r["dtype"]) == (base["preset"], base["batch"], "fp32"):
+        base = BASELINE_OPS.get((r["dtype"], attention))
+        if (preset, r["batch"], r["size"], args.attn_implementation) == ("B", 2, 128, "sdpa") and base:
+            r["before_kernels"], r["before_total"] = base
             print(
-                f"  before ({base['commit']}): {base['kernels']} kernel ops, {base['total']} in all -> now "
-                f"{r['kernels'] / base['kernels']:.2f}x and {r['total'] / base['total']:.2f}x"
+                f"  before (3e7675b): {base[0]} kernel ops, {base[1]} in all -> now {r['kernels'] / base[0]:.2f}x "
+                f"and {r['total'] / base[1]:.2f}x"
             )
         print("  most frequent kernels:", ", ".join(f"{k} {n}" for k, n in r["top_kernels"].items()))
         results.append(r)
@@ -427,6 +460,11 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=None, help="the card's dense bf16 peak")
     parser.add_argument("--count-ops", action="store_true", help="count aten ops per train step (no timing)")
     parser.add_argument("--attn-implementation", default="sdpa", help="for --count-ops (default: the GPU's)")
+    parser.add_argument(
+        "--cpu-attention",
+        action="store_true",
+        help="--count-ops: SDPA as the CPU runs it (math decomposition)",
+    )
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args()
     args.preset = args.preset or (["B"] if args.count_ops else ["tiny", "T"])
