@@ -43,10 +43,13 @@ class ContinuousPositionBias(torch.autograd.Function):
         coords, index, _, _, w2 = inputs
         _, hidden, table = output
         ctx.mark_non_differentiable(hidden, table)
+        ctx.set_materialize_grads(False)  # no zero gradients made for hidden and table
         ctx.save_for_backward(coords, index, w2, hidden, table)
 
     @staticmethod
     def backward(ctx, grad_bias, _grad_hidden, _grad_table):
+        if grad_bias is None:
+            return None, None, None, None, None
         coords, index, w2, hidden, table = ctx.saved_tensors
         n = hidden.shape[0]
         # sum over the token pairs sharing an offset, then back through 16*sigmoid (derivative table - table^2/16)
