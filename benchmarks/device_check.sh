@@ -50,7 +50,7 @@ else
     PRE_ARGS=(--preset T --max-steps 200 --batch-size 32)
     PG_PRESET=B PG_ARGS=(--shots 4 --max-steps 20 --batch-size 8 --fisher-samples 64)
     SOLVER_ARGS=(--resolution 128 --batch 16 --snapshots 5)
-    LIMITS=(gpu_tests=75 op_count=45 model=150 pretrain=100 physguard=70 solvers=50)
+    LIMITS=(gpu_tests=75 op_count=45 model=140 pretrain=100 physguard=70 solvers=50)  # 480 s at most
 fi
 
 limit() { for kv in "${LIMITS[@]}"; do [[ "${kv%%=*}" == "$1" ]] && echo "${kv#*=}"; done; }
