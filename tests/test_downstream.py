@@ -176,9 +176,10 @@ def test_runs_without_records_are_evaluated_here_and_cached(runs, tmp_path):
     import shutil
 
     models = []
-    for folder in runs:  # model folders alone: no metrics.jsonl beside them
+    for folder in runs:  # model folders without the run's records
         models.append(tmp_path / folder.name)
         shutil.copytree(folder / "model", models[-1])
+        (models[-1] / "metrics.jsonl").unlink()
     out = tmp_path / "evaluated"
     args = ["scaling", "--axis", "model", "--out", str(out), "--runs", ",".join(map(str, models))]
     args += ["--evaluate", "ns_gauss n=2 snapshots=3 zero-shot few-shot:1 steps=1"]
