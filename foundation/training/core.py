@@ -144,8 +144,8 @@ class Trainer:
             if not hasattr(model, "compile_blocks"):
                 raise ValueError(f"compile=blocks: {type(model).__name__} has no compile_blocks()")
             model.compile_blocks()
-        elif args.compile == "model":
-            model = torch.compile(model, dynamic=None)
+        elif args.compile == "model":  # in place: state-dict keys and checkpoints stay those of the model
+            model.compile(dynamic=None)
         self.model, self.optimizer, self.scheduler = accelerator.prepare(model, optimizer, scheduler)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.state = TrainState()
