@@ -188,7 +188,9 @@ class NormalizeQK(torch.autograd.Function):
     @staticmethod
     def forward(qkv, scale, offset):
         with autocast_off(qkv.device.type):
-            norm = torch.linalg.vector_norm(qkv, dim=-1, keepdim=True, dtype=torch.float32)
+            # float32 norms for half/bfloat16 (and float32) inputs; float64 inputs keep float64
+            norm_dtype = torch.promote_types(qkv.dtype, torch.float32)
+            norm = torch.linalg.vector_norm(qkv, dim=-1, keepdim=True, dtype=norm_dtype)
             inv = torch.reciprocal(norm.clamp_min_(1e-12))  # [3, B*nW, h, N, 1]
             factor = torch.addcmul(offset.unsqueeze(1), inv, scale.unsqueeze(1))
             if _traced():
@@ -210,7 +212,7 @@ class NormalizeQK(torch.autograd.Function):
             return None, None, None
         qkv, scale, inv, factor = ctx.saved_tensors
         # y = x * (s / |x| + o): dy/dx . g = g * factor - x * (g . x) * s / |x|^3 (rows with |x| > 1e-12)
-        gx = torch.linalg.vecdot(grad.to(qkv.dtype), qkv).unsqueeze(-1).float()  # [3, B*nW, h, N, 1]
+        gx = torch.linalg.vecdot(grad.to(qkv.dtype), qkv).unsqueeze(-1).to(inv.dtype)  # [3, B*nW, h, N, 1]
         scaled = gx * inv
         grad_scale = scaled.sum(dim=(1, 3))  # [3, h, 1]
         correction = (scaled * (inv * inv) * scale.unsqueeze(1)).to(qkv.dtype)
