@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from accelerate import PartialState  # noqa: E402
 from finetune_helpers import family_trajectories  # noqa: E402
 
 from finetune.api import InputOptions, finetune  # noqa: E402
@@ -25,4 +26,5 @@ result = finetune(
     train=TrainConfig(epochs=2, batch_size=5, device="cpu", mixed_precision="no"),
     inputs=InputOptions(),
 )
-print(json.dumps({"world_size": result.world_size, "val": [row["val_loss"] for row in result.history]}))
+if PartialState().is_main_process:  # one line of output: ranks printing together interleave
+    print(json.dumps({"world_size": result.world_size, "val": [row["val_loss"] for row in result.history]}))
