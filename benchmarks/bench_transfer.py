@@ -61,7 +61,7 @@ class PretrainSpec:
     trajectories: int = 24
     resolution: int = 32
     snapshots: int = 11
-    steps: int = 4000
+    steps: int = 3000
     batch_size: int = 16
     lr: float = 1e-3
 
@@ -146,6 +146,8 @@ def run_family(name: str, path: Path, args, model: Path | None, log) -> dict:
     """Every candidate on one family: tuned factor, per-seed test error, persistence, pretrained vs scratch."""
     family = transfer_data.FAMILIES[name]
     trajs = transfer_data.windowed(transfer_data.load(path), family.window)
+    if args.rename:
+        trajs = rename(trajs, dict(item.split("=") for item in args.rename.split(",")))
     if args.channels == "fresh" and model is not None:
         taken = ScOTConfig.from_pretrained(model).field_names or []
         trajs = rename(trajs, fresh_names(list(trajs[0].fields), list(taken)))
@@ -172,7 +174,9 @@ def run_family(name: str, path: Path, args, model: Path | None, log) -> dict:
         start = time.perf_counter()
         fit_kw = dict(budget=budget, model=str(model) if model else None, **extra.get(cand, {}))
         train, val = draw_shots(pool, args.shots, args.n_val, args.seeds[0])
-        choice = tune_candidate(cand, train, val, grid=args.grid, seed=args.seeds[0], log=log, **fit_kw)
+        choice = tune_candidate(
+            cand, train, val, grid=args.grid, extend=args.extend, seed=args.seeds[0], log=log, **fit_kw
+        )
         errors = {}
         for seed in args.seeds:
             if seed == args.seeds[0] and choice.fitted is not None:
@@ -268,11 +272,13 @@ def main() -> None:
     p.add_argument("--stride", type=int, default=2, help="Snapshot stride of the all2all training pairs.")
     p.add_argument("--warmup", type=int, default=0)
     p.add_argument("--grid", default="0.333,1,3", help="Learning-rate factors tried per candidate.")
+    p.add_argument("--extend", type=int, default=1, help="Extra factors tried past a winning grid edge.")
     p.add_argument("--channels", choices=("same", "fresh"), default="same")
+    p.add_argument("--rename", default=None, help="Field renaming before mapping, e.g. u=a,v=b")
     p.add_argument("--full", default=None, help="FullOptions overrides, e.g. lr_backbone=2e-4")
     p.add_argument("--lora", default=None, help="LoraOptions overrides, e.g. rank=16,alpha=32")
     p.add_argument("--checkpoint", type=Path, default=None, help="Use this model folder (no pretraining).")
-    p.add_argument("--pretrain-steps", type=int, default=4000)
+    p.add_argument("--pretrain-steps", type=int, default=3000)
     p.add_argument("--pretrain-families", default="all")
     p.add_argument("--cache", type=Path, default=transfer_data.DEFAULT_CACHE)
     p.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared).")

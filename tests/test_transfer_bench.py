@@ -57,6 +57,7 @@ def test_generated_family_is_cached_windowed_and_scored_by_every_candidate(tmp_p
     ScOT(config).save_pretrained(tmp_path / "ckpt")
     args = Namespace(
         channels="same",
+        rename=None,
         n_test=1,
         n_val=1,
         shots=2,
@@ -68,6 +69,7 @@ def test_generated_family_is_cached_windowed_and_scored_by_every_candidate(tmp_p
         methods=["full"],
         baselines=["scot_scratch", "fno"],
         grid=[1.0],
+        extend=1,
         full="lr_backbone=1e-4",
         lora=None,
     )

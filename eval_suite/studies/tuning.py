@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 from data_pipelines.trajectory import Trajectory
 from eval_suite.studies.candidates import fit_candidate
-from eval_suite.studies.splits import draw_shots
 
 DEFAULT_GRID = (1 / 3, 1.0, 3.0)
 """Factors on a candidate's default learning rates; a ratio of 3 between neighbours."""
@@ -40,12 +39,16 @@ class LrChoice:
         }
 
 
+def _rank(scale: float, loss: float) -> tuple[float, float]:
+    """Lower is better: the loss, then (on a tie) the distance of the factor from 1 (the default rates)."""
+    return (loss if math.isfinite(loss) else math.inf, abs(math.log(scale)))
+
+
 def _best(losses: dict[float, float]) -> float:
-    """The factor with the lowest finite loss; ties go to the factor closest to 1 (the default rates)."""
-    finite = {s: v for s, v in losses.items() if math.isfinite(v)}
-    if not finite:
+    """The factor with the lowest finite loss; ties go to the factor closest to 1."""
+    if not any(math.isfinite(v) for v in losses.values()):
         raise FloatingPointError(f"learning-rate search: every trial diverged (factors {sorted(losses)})")
-    return min(finite, key=lambda s: (finite[s], abs(math.log(s))))
+    return min(losses, key=lambda s: _rank(s, losses[s]))
 
 
 def search(
@@ -107,38 +110,12 @@ def tune_candidate(
     def trial(scale: float) -> float:
         fitted = fit_candidate(name, train, val, lr_scale=scale, **fit_options)
         loss = fitted[1].best_val_loss
-        if all(loss < fit[1].best_val_loss for fit in kept.values()):
+        if math.isfinite(loss) and all(
+            _rank(scale, loss) < _rank(s, f[1].best_val_loss) for s, f in kept.items()
+        ):
             kept.clear()
-            kept[scale] = fitted  # only the best trial so far is held in memory
+            kept[scale] = fitted  # only the best trial so far is held in memory: the one `_best` picks
         return loss
 
     scale, losses = search(trial, grid, extend=extend, log=lambda m: log(f"{name}: {m}"))
     return LrChoice(name, scale, losses, kept.get(scale))
-
-
-def select_lr_scales(
-    pool: Sequence[Trajectory],
-    candidates: Sequence[str],
-    *,
-    shots: int,
-    n_val: int,
-    seed: int,
-    grid: Sequence[float] = DEFAULT_GRID,
-    extend: int = 1,
-    candidate_options: dict[str, dict] | None = None,
-    log: Callable[[str], None] = lambda _: None,
-    **fit_options,
-) -> dict[str, LrChoice]:
-    """One learning-rate factor per candidate, chosen on the validation split of one seed's draw of `shots`.
-
-    The study then trains every seed with the chosen factor (`FewShotConfig.lr_scales`). `candidate_options`
-    holds per-candidate keyword arguments of `fit_candidate` (e.g. a baseline's size).
-    """
-    train, val = draw_shots(pool, shots, n_val, seed)
-    per = candidate_options or {}
-    return {
-        name: tune_candidate(
-            name, train, val, grid=grid, extend=extend, log=log, seed=seed, **fit_options, **per.get(name, {})
-        )
-        for name in candidates
-    }
