@@ -68,6 +68,12 @@ def few_shot(
         None, help="physguard: simulation (pretraining) data to protect: corpus folder, file or Hub id."
     ),
     fields: str = typer.Option(None, help="Comma-separated fields of the data to use (default: all)."),
+    channels: str = typer.Option(
+        "auto",
+        help="Methods map the fields onto the checkpoint's same-named channels (same), onto new "
+        "embedding/recovery channels (fresh: new physics under a familiar name), or auto (fresh for a PDE "
+        "family the checkpoint was not trained on).",
+    ),
     val: int = typer.Option(2, help="Validation trajectories per run."),
     test: int = typer.Option(8, help="Test trajectories, fixed for the whole study."),
     mode: str = typer.Option("direct", help="direct (one jump to the target snapshot) or rollout."),
@@ -105,6 +111,7 @@ def few_shot(
         target_index=target_index,
         lead_time=lead_time,
         fields=names(fields),
+        channels=channels,
         budget=_budget(epochs, max_steps, batch_size, lr, device),
         sim_data=sim_data,
         lr_scales=_lr_scales(lr_scales),

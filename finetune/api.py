@@ -49,6 +49,10 @@ class InputOptions:
     """Longest lead time of a pair, as a fraction of the trajectory (default: all)."""
     normalization: str | None = "train"
     """'train' (training-split statistics), a stats.json, or 'none'."""
+    channels: str = "auto"
+    """'same': map fields onto the checkpoint's same-named channels; 'fresh': new embedding and recovery
+    channels (new physics under a familiar name, e.g. a reaction-diffusion u that is no velocity); 'auto':
+    fresh for a PDE family the checkpoint records it was not trained on, else same."""
     allow_surgery: bool = field(default=True, metadata={"flag": "--surgery"})
     """Allow replacing the embedding/recovery layers when the data's fields do not fit the model."""
     revision: str | None = None
@@ -172,7 +176,12 @@ def finetune(
     trajs = load_trajectories(data, fields=inp.fields, format=inp.format)
     split = split_trajectories(trajs, shots, inp.n_val, inp.n_test, cfg.seed)
     net, channels = load_for_fields(
-        model, _union_fields(trajs), allow_surgery=inp.allow_surgery, revision=inp.revision
+        model,
+        _union_fields(trajs),
+        allow_surgery=inp.allow_surgery,
+        revision=inp.revision,
+        channels=inp.channels,
+        families=[t.pde for t in trajs],
     )
     normalizer = _normalizer(inp.normalization, split.train)
     families = extend_vocabulary(net, [t.pde for t in trajs])

@@ -1,9 +1,13 @@
 """Matching a checkpoint's channel layout to the user's fields, with channel surgery when they differ.
 
-The data's fields are mapped onto the model's named channels when they are a subset of them (absent
-channels filled or masked, as Poseidon feeds incompressible flow to its [rho, u, v, p] model). Otherwise
-the model needs new embedding and recovery layers for the data's fields: channel surgery, which
-re-initialises only the channel-dependent tensors (Poseidon's `--replace_embedding_recovery`).
+With `channels="same"` the data's fields are mapped onto the model's same-named channels when they are a
+subset of them (absent channels filled or masked, as Poseidon feeds incompressible flow to its
+[rho, u, v, p] model). Otherwise, or always with `channels="fresh"`, the model gets new embedding and
+recovery layers for the data's fields: channel surgery, which re-initialises only the channel-dependent
+tensors (Poseidon's `--replace_embedding_recovery`). "fresh" is for new physics under a familiar name (a
+reaction-diffusion `u` is not a velocity): on independent-solver data it transferred better (docs/transfer.md).
+"auto" (the default) is "fresh" for a PDE family the checkpoint has not been trained on, when the checkpoint
+records its families (`ScOTConfig.pde_vocabulary`, which pdefm's pretraining writes), and "same" otherwise.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from pathlib import Path
 
 from torch import nn
 
+CHANNEL_MODES = ("auto", "same", "fresh")
 SURGERY_MODULES = (
     "embeddings.patch_embeddings.projection",
     "patch_recovery.projection",
@@ -34,9 +39,33 @@ def _placeholder(names: Sequence[str]) -> bool:
     return all(n == f"ch{i}" for i, n in enumerate(names))
 
 
-def plan_channels(model_fields: Sequence[str] | None, data_fields: Sequence[str]) -> ChannelPlan:
-    """Reuse the model's layout when the data's fields fit in it, else surgery to the data's fields."""
+def check_channel_mode(channels: str) -> str:
+    if channels not in CHANNEL_MODES:
+        raise ValueError(f"channels must be one of {list(CHANNEL_MODES)}, got {channels!r}")
+    return channels
+
+
+def resolve_channel_mode(
+    channels: str, vocabulary: Sequence[str] | None, families: Sequence[str] | None
+) -> str:
+    """ "same" or "fresh": "auto" is "fresh" when the model records its families (`vocabulary`) and the data's
+    `families` include one it has not been trained on."""
+    if check_channel_mode(channels) != "auto":
+        return channels
+    unknown = bool(vocabulary) and any(f not in vocabulary for f in families or [])
+    return "fresh" if unknown else "same"
+
+
+def plan_channels(
+    model_fields: Sequence[str] | None, data_fields: Sequence[str], channels: str = "same"
+) -> ChannelPlan:
+    """Reuse the model's layout when the data's fields fit in it ("same"), else (or always with "fresh")
+    surgery to the data's fields; resolve "auto" first (`resolve_channel_mode`)."""
     data_fields = list(data_fields)
+    if check_channel_mode(channels) == "auto":
+        raise ValueError('plan_channels: resolve channels="auto" with resolve_channel_mode first')
+    if channels == "fresh" and model_fields:
+        return ChannelPlan(data_fields, surgery=True)
     if not model_fields:
         return ChannelPlan(data_fields, surgery=False)
     model_fields = list(model_fields)
@@ -61,8 +90,12 @@ def load_for_fields(
     *,
     allow_surgery: bool = True,
     revision: str | None = None,
+    channels: str = "same",
+    families: Sequence[str] | None = None,
 ) -> tuple[nn.Module, list[str]]:
-    """The model (loaded from a Hub id or folder, or as given) ready for `data_fields`, and its channel layout.
+    """The model (loaded from a Hub id or folder, or as given) ready for `data_fields`, and its channel layout;
+    `channels` is "same" (same-named channels when the fields fit), "fresh" (new embedding and recovery) or
+    "auto" (by the data's PDE `families`, see the module doc).
 
     A module passed in cannot be re-shaped here; a mismatch then is an error, as it is when surgery is
     not allowed. A checkpoint of another architecture fails in `foundation.loading.load_model`.
@@ -70,7 +103,8 @@ def load_for_fields(
     if isinstance(model, nn.Module):
         config = getattr(model, "config", None)
         fields = getattr(config, "field_names", None)
-        plan = plan_channels(fields, data_fields)
+        mode = resolve_channel_mode(channels, getattr(config, "pde_vocabulary", None), families)
+        plan = plan_channels(fields, data_fields, mode)
         if plan.surgery:
             raise _mismatch(type(model).__name__, fields, data_fields)
         if fields is None and getattr(config, "num_channels", len(plan.layout)) != len(plan.layout):
@@ -83,7 +117,8 @@ def load_for_fields(
     from foundation.loading import config_from_checkpoint, load_model, resolve_checkpoint
 
     config, _ = config_from_checkpoint(resolve_checkpoint(model, revision))
-    plan = plan_channels(config.field_names, data_fields)
+    mode = resolve_channel_mode(channels, config.pde_vocabulary, families)
+    plan = plan_channels(config.field_names, data_fields, mode)
     if plan.surgery and not allow_surgery:
         raise _mismatch(str(model), config.field_names, data_fields)
     n = len(plan.layout)

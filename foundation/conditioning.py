@@ -107,7 +107,8 @@ def _conditioned(model: nn.Module):
 
 def extend_vocabulary(model: nn.Module, families: Iterable[str]) -> list[str] | None:
     """The vocabulary of an operator-conditioned `model` with the unknown `families` appended (in order of
-    appearance), or None for a model without operator conditioning.
+    appearance), or None for a model without operator conditioning (whose recorded vocabulary, if it has
+    one, still gains the new families: it names what the model has been trained on).
 
     Existing ids are kept. When the vocabulary outgrows the family embedding, the embedding gets new rows
     (and `config.num_pde_families` follows); every new family's row starts at the mean of the known
@@ -115,6 +116,9 @@ def extend_vocabulary(model: nn.Module, families: Iterable[str]) -> list[str] | 
     """
     config = _conditioned(model)
     if config is None:
+        recorded = getattr(getattr(model, "config", None), "pde_vocabulary", None)
+        if recorded is not None:
+            model.config.pde_vocabulary = list(dict.fromkeys([*recorded, *families]))
         return None
     vocabulary = list(config.pde_vocabulary or [])
     known = len(vocabulary)

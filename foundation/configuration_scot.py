@@ -154,9 +154,14 @@ class ScOTConfig(PretrainedConfig):
         self.num_pde_families = num_pde_families
         self.num_coefficients = num_coefficients
         self.operator_embed_dim = operator_embed_dim
-        # the PDE family names of operator conditioning: pde_id i is pde_vocabulary[i] (foundation.conditioning)
+        # the PDE families the model was trained on (pretraining records them, fine-tuning appends); with
+        # operator conditioning pde_id i is pde_vocabulary[i] (foundation.conditioning)
         self.pde_vocabulary = None if pde_vocabulary is None else list(pde_vocabulary)
-        if self.pde_vocabulary is not None and len(self.pde_vocabulary) > num_pde_families:
+        if (
+            use_operator_conditioning
+            and self.pde_vocabulary is not None
+            and len(self.pde_vocabulary) > num_pde_families
+        ):
             raise ValueError(
                 f"ScOTConfig.pde_vocabulary has {len(self.pde_vocabulary)} families but num_pde_families is "
                 f"{num_pde_families}"

@@ -14,7 +14,7 @@ from finetune_helpers import family_trajectories, tiny_checkpoint, tiny_model
 from torch import nn
 
 from data_pipelines.trajectory import Trajectory
-from finetune.channels import load_for_fields, plan_channels
+from finetune.channels import load_for_fields, plan_channels, resolve_channel_mode
 from finetune.data import load_trajectories, split_trajectories
 from finetune.methods.full import FullOptions, poseidon_param_groups
 from finetune.predict import predict, rollout
@@ -57,6 +57,38 @@ def test_channel_plan_reuses_layout_for_subsets_and_needs_surgery_for_new_fields
     assert not plan_channels(poseidon, ["u", "v"]).surgery
     assert plan_channels(poseidon, ["s", "k"]).surgery
     assert plan_channels(["ch0", "ch1"], ["s", "k"]).layout == ["s", "k"]
+
+
+@pytest.mark.parametrize("fields", [["u", "v"], ["rho", "u", "v", "p"], ["s"]])
+def test_fresh_channels_always_give_the_data_its_own_embedding_and_recovery(tmp_path, fields):
+    assert plan_channels(["rho", "u", "v", "p"], fields, "fresh").surgery
+    base = tiny_model().state_dict()
+    model, layout = load_for_fields(str(tiny_checkpoint(tmp_path / "ckpt")), fields, channels="fresh")
+    assert layout == fields and model.config.num_channels == len(fields)
+    assert not torch.equal(model.patch_recovery.mixup.weight, base["patch_recovery.mixup.weight"])
+    kept = "encoder.layers.0.blocks.0.attention.self.query.weight"
+    assert torch.equal(model.state_dict()[kept], base[kept])  # the backbone stays pretrained
+    with pytest.raises(ValueError, match=r"channels must be one of \['auto', 'same', 'fresh'\], got 'new'"):
+        plan_channels(["u"], ["u"], "new")
+
+
+@pytest.mark.parametrize(
+    ("vocabulary", "families", "mode"),
+    [
+        (["ns_sines", "gray_scott"], ["brusselator"], "fresh"),  # a family the model never saw
+        (["ns_sines", "gray_scott"], ["gray_scott"], "same"),
+        (None, ["brusselator"], "same"),  # no record (Poseidon's checkpoints): Poseidon's own convention
+        (["ns_sines"], None, "same"),
+    ],
+)
+def test_auto_channels_are_fresh_only_for_a_family_the_checkpoint_records_it_never_saw(
+    tmp_path, vocabulary, families, mode
+):
+    assert resolve_channel_mode("auto", vocabulary, families) == mode
+    assert resolve_channel_mode("same", vocabulary, families) == "same"
+    ckpt = tiny_checkpoint(tmp_path / "ckpt", pde_vocabulary=vocabulary)
+    _, layout = load_for_fields(str(ckpt), ["u", "v"], channels="auto", families=families)
+    assert layout == (["u", "v"] if mode == "fresh" else ["rho", "u", "v", "p"])
 
 
 def test_channel_mismatch_without_surgery_is_an_error(tmp_path):

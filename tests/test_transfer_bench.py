@@ -84,4 +84,6 @@ def test_generated_family_is_cached_windowed_and_scored_by_every_candidate(tmp_p
 
     args.channels = "fresh"
     fresh = bench.run_family("brusselator", path, args, tmp_path / "ckpt", lambda _: None)
-    assert not set(fresh["fields"]) & set(layout)  # new channels, not the checkpoint's a and b
+    # new embedding/recovery channels instead of the checkpoint's a and b: another model, other errors
+    assert fresh["fields"] == ["a", "b"]
+    assert fresh["candidates"]["full"]["errors"] != res["candidates"]["full"]["errors"]

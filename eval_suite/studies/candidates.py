@@ -97,13 +97,15 @@ def physguard_bases(
     fields: Sequence[str],
     sim_trajs: Sequence[Trajectory],
     options: physguard.PhysGuardOptions | None = None,
+    channels: str = "auto",
+    families: Sequence[str] | None = None,
 ) -> dict[str, torch.Tensor]:
     """PhysGuard's protected bases of the checkpoint, from per-sample gradients on its simulation data.
 
     Computed once per study: they depend on the checkpoint and the simulation data, not on the shots.
     The simulation pairs are normalised with their own statistics, as in pretraining.
     """
-    net, layout = load_for_fields(model, fields)
+    net, layout = load_for_fields(model, fields, channels=channels, families=families)
     sim = pair_dataset(sim_trajs, layout, Normalizer.from_trajectories(sim_trajs))
     return physguard.compute_bases(net, sim, options)
 
@@ -121,15 +123,17 @@ def fit_candidate(
     bases: dict[str, torch.Tensor] | None = None,
     alpha: float | None = None,
     lr_scale: float = 1.0,
+    channels: str = "auto",
     **baseline_options,
 ) -> tuple[TrainedOperator, TrainResult]:
     """Build candidate `name`, train it on the all2all pairs of `train_trajs` and keep its best validation epoch.
 
-    A method is prepared by the registry with `options` (its options dataclass, default its defaults) and
-    `state` (what it computed once per study); `bases` (from `physguard_bases`) and `alpha` are PhysGuard's
-    protected directions and strength, for methods with PhysGuard's options. `lr_scale` multiplies the
-    candidate's learning rates (a method's group rates, a baseline's `budget.lr`), the knob a learning-rate
-    search turns; `baseline_options` size a baseline (e.g. `modes`, `width`); seeded, so a run is reproducible.
+        A method is prepared by the registry with `options` (its options dataclass, default its defaults) and
+        `state` (what it computed once per study); `bases` (from `physguard_bases`) and `alpha` are PhysGuard's
+        protected directions and strength, for methods with PhysGuard's options. `lr_scale` multiplies the
+        candidate's learning rates (a method's group rates, a baseline's `budget.lr`), the knob a learning-rate
+        search turns; `channels` is how a method maps the fields onto the checkpoint ("auto", "same" or "fresh",
+    `finetune.channels`); `baseline_options` size a baseline (e.g. `modes`, `width`); seeded, so a run is reproducible.
     """
     if not lr_scale > 0:
         raise ValueError(f"candidate {name!r}: lr_scale must be positive, got {lr_scale}")
@@ -144,7 +148,8 @@ def fit_candidate(
         opts = options if options is not None else spec.Options()
         if isinstance(opts, physguard.PhysGuardOptions) and alpha is not None:
             opts = replace(opts, alpha=alpha)
-        net, layout = load_for_fields(model, fields)
+        pdes = [t.pde for t in [*train_trajs, *val_trajs]]
+        net, layout = load_for_fields(model, fields, channels=channels, families=pdes)
         families = extend_vocabulary(net, [t.pde for t in [*train_trajs, *val_trajs]])
         context = MethodContext(
             pairs=lambda trajs: pair_dataset(

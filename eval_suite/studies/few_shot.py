@@ -35,6 +35,7 @@ from eval_suite.studies.candidates import (
 from eval_suite.studies.splits import draw_shots, split_test
 from eval_suite.studies.tuning import tune_candidate
 from eval_suite.verdict import pretrained_vs_scratch, versus_persistence
+from finetune.channels import check_channel_mode
 from finetune.data import load_trajectories
 from finetune.methods.physguard import PhysGuardOptions
 
@@ -59,6 +60,9 @@ class FewShotConfig:
     lead_time: float | None = None
     """Instead of target_index: the lead time as a fraction of the trajectory span."""
     fields: list[str] | None = None
+    channels: str = "auto"
+    """How methods map the fields onto the checkpoint: 'same'-named channels, 'fresh' embedding/recovery, or
+    'auto' (fresh for a family the checkpoint records it was not trained on)."""
     split_seed: int = 0
     budget: Budget = field(default_factory=Budget)
     baseline_options: dict[str, dict] = field(default_factory=dict)  # e.g. {"unet": {"width": 16}}
@@ -129,6 +133,7 @@ def run_few_shot(
     """Run the study and write `out/report.md`, `out/metrics.json` and PNG figures; returns the metrics."""
     cfg = config or FewShotConfig()
     check_candidates(cfg.candidates, model)
+    check_channel_mode(cfg.channels)
     candidates = with_scratch(cfg.candidates)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -151,7 +156,9 @@ def run_few_shot(
         )
         sim = load_trajectories(cfg.sim_data)
         sim = random.Random(cfg.split_seed).sample(sim, min(cfg.sim_trajectories, len(sim)))
-        bases = physguard_bases(model, trajs[0].fields, sim, cfg.physguard)
+        bases = physguard_bases(
+            model, trajs[0].fields, sim, cfg.physguard, channels=cfg.channels, families=[t.pde for t in trajs]
+        )
 
     results: dict = {name: {} for name in candidates}
     tuned: dict[str, dict] = {}
@@ -163,7 +170,14 @@ def run_few_shot(
             for seed in cfg.seeds:
                 log(f"few-shot: {name} with {n} trajectories, seed {seed}")
                 train, val = draw_shots(pool, n, cfg.n_val, seed)
-                fit = dict(budget=cfg.budget, seed=seed, model=model, bases=bases, alpha=cfg.physguard.alpha)
+                fit = dict(
+                    budget=cfg.budget,
+                    seed=seed,
+                    model=model,
+                    bases=bases,
+                    alpha=cfg.physguard.alpha,
+                    channels=cfg.channels,
+                )
                 if cfg.lr_grid and seed == cfg.seeds[0]:  # the first seed's validation split picks the factor
                     choice = tune_candidate(
                         name, train, val, grid=cfg.lr_grid, log=log, **fit, **options[name]

@@ -5,7 +5,8 @@ Every trial trains with the study's full step budget (the chosen trial is an ord
 tuning costs one run per factor tried). The factor scales a method's group rates together (Poseidon's
 backbone/embedding/time-norm ratios are kept) and a baseline's `budget.lr`, through
 `fit_candidate(..., lr_scale=...)`. Selection reads only the validation trajectories, never the test set.
-When the best factor lies on the edge of the grid, the grid is extended past that edge (once by default).
+When the best factor lies on the edge of the grid, the grid is extended past that edge (up to twice by
+default); a choice still on the edge after that is flagged (`LrChoice.at_edge`) and reported.
 """
 
 from __future__ import annotations
@@ -31,10 +32,16 @@ class LrChoice:
     val_loss: dict[float, float] = field(default_factory=dict)
     fitted: tuple | None = field(default=None, repr=False, compare=False)
 
+    @property
+    def at_edge(self) -> bool:
+        """The kept factor is the largest or smallest one tried: a wider search might have done better."""
+        return len(self.val_loss) > 1 and self.scale in (min(self.val_loss), max(self.val_loss))
+
     def to_dict(self) -> dict:
         return {
             "candidate": self.candidate,
             "scale": self.scale,
+            "at_edge": self.at_edge,
             "val_loss": {f"{k:.4g}": v for k, v in sorted(self.val_loss.items())},
         }
 
@@ -55,7 +62,7 @@ def search(
     trial: Callable[[float], float],
     grid: Sequence[float] = DEFAULT_GRID,
     *,
-    extend: int = 1,
+    extend: int = 2,
     log: Callable[[str], None] = lambda _: None,
 ) -> tuple[float, dict[float, float]]:
     """(best factor, {factor: validation loss}) of `trial` over `grid`, extended past an edge that wins.
@@ -96,7 +103,7 @@ def tune_candidate(
     val: Sequence[Trajectory],
     *,
     grid: Sequence[float] = DEFAULT_GRID,
-    extend: int = 1,
+    extend: int = 2,
     log: Callable[[str], None] = lambda _: None,
     **fit_options,
 ) -> LrChoice:

@@ -60,13 +60,16 @@ def shared_sources(accelerator, config: PretrainConfig) -> list[CorpusSource]:
 
 
 def build_model(config: PretrainConfig, channels: list[str], vocabulary: list[str] | None = None) -> ScOT:
-    """scOT of the configured preset on `channels`; with operator conditioning, its PDE vocabulary."""
+    """scOT of the configured preset on `channels` that records its PDE `vocabulary` (the pretraining families)."""
     fields = dict(num_channels=len(channels), num_out_channels=len(channels), field_names=list(channels))
     # one relative-loss group per channel: fields have very different scales
     fields["channel_slice_list_normalized_loss"] = list(range(len(channels) + 1))
     if vocabulary is not None:
-        rows = max(len(vocabulary), config.model_overrides.get("num_pde_families", 0))
-        fields.update(pde_vocabulary=vocabulary, num_pde_families=rows)
+        fields["pde_vocabulary"] = vocabulary
+        if config.model_overrides.get("use_operator_conditioning"):
+            fields["num_pde_families"] = max(
+                len(vocabulary), config.model_overrides.get("num_pde_families", 0)
+            )
     return ScOT(ScOTConfig.from_preset(config.preset, **{**config.model_overrides, **fields}))
 
 
@@ -97,13 +100,11 @@ def build_trainer(config: PretrainConfig) -> tuple[Trainer, MixtureStream, list[
     set_seed(config.seed)
     sources = shared_sources(acc, config)
     channels = config.channels or default_channels(sources, config.families)
-    vocabulary = None
-    if config.model_overrides.get(
-        "use_operator_conditioning"
-    ):  # pde_id i is vocabulary[i], in the checkpoint
-        vocabulary = build_vocabulary(
-            f for s in sources for f in s.stats["families"] if config.families is None or f in config.families
-        )
+    # the families the model learns, recorded in its config; with operator conditioning pde_id i is vocabulary[i]
+    vocabulary = build_vocabulary(
+        f for s in sources for f in s.stats["families"] if config.families is None or f in config.families
+    )
+    conditioned = bool(config.model_overrides.get("use_operator_conditioning"))
     stream = MixtureStream(
         sources,
         channels,
@@ -115,7 +116,7 @@ def build_trainer(config: PretrainConfig) -> tuple[Trainer, MixtureStream, list[
         world_size=acc.num_processes,
         pairs_per_trajectory=config.pairs_per_trajectory,
         stopping_strategy=config.stopping_strategy,
-        pde_vocabulary=vocabulary,
+        pde_vocabulary=vocabulary if conditioned else None,
     )
     loader = make_loader(stream, config.batch_size, config.num_workers, pin_memory=acc.device.type == "cuda")
     eval_data = None
