@@ -180,7 +180,7 @@ def finetune(
         _union_fields(trajs),
         allow_surgery=inp.allow_surgery,
         revision=inp.revision,
-        channels=inp.channels,
+        channels=spec.channel_mode(inp.channels),
         families=[t.pde for t in trajs],
     )
     normalizer = _normalizer(inp.normalization, split.train)

@@ -43,8 +43,9 @@ class TrainConfig(TrainingArgs):
     """Learning rate of parameters without a method-specific rate."""
     weight_decay: float = 1e-6
     """AdamW weight decay of parameters without a method-specific one."""
-    warmup_steps: int = 0
-    """Linear warmup before the cosine decay."""
+    warmup_steps: int | None = None
+    """Linear warm-up before the cosine decay (default: a tenth of the run's steps, which protects the
+    pretrained weights from the first large updates through new layers; docs/transfer.md)."""
     optimizer: str = "adamw"
     """adamw (the recipe) | sgd (for which PhysGuard's projection is exact in parameter space)."""
 
@@ -243,7 +244,8 @@ def train(
         total_steps = min(total_steps, cfg.max_steps)
     run_cfg = dataclasses.replace(cfg, max_steps=total_steps, log_every=steps_per_epoch)
     optimizer = _make_optimizer(cfg, groups)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, max(total_steps, 1))
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else total_steps // 10
+    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, max(total_steps, 1))
     hooks = hooks or FinetuneHooks(val_data, cfg, steps_per_epoch, grad_transform, log)
     trainer = Trainer(
         run_cfg,

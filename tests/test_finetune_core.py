@@ -234,3 +234,20 @@ def test_data_loads_from_corpus_folder_and_folder_of_files(tmp_path):
     assert len(load_trajectories(files)) == 3
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
         load_trajectories(tmp_path / "missing")
+
+
+@pytest.mark.parametrize(
+    ("method", "asked", "used"),
+    [("full", "auto", "auto"), ("full", "fresh", "fresh"), ("physguard", "auto", "same")],
+)
+def test_methods_choose_their_channel_mode(method, asked, used):
+    from finetune.methods.registry import get_method
+
+    assert get_method(method).channel_mode(asked) == used
+
+
+def test_physguard_refuses_fresh_channels():
+    from finetune.methods.registry import get_method
+
+    with pytest.raises(ValueError, match="'physguard' keeps the checkpoint's own channels"):
+        get_method("physguard").channel_mode("fresh")

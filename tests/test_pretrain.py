@@ -83,6 +83,9 @@ def test_reference_run_trains_and_logs(reference_run):
     final = load_file(out / "model" / "model.safetensors")
     ckpt = load_file(out / "checkpoints" / "step-00000006" / "model.safetensors")
     assert all(torch.equal(final[k], ckpt[k]) for k in final)
+    # the model records the families it learned (fine-tuning's channels="auto" reads them)
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["pde_vocabulary"] == ["advection", "diffusion"] and not config["use_operator_conditioning"]
 
 
 def test_weight_decay_groups_follow_poseidon():

@@ -97,15 +97,13 @@ def physguard_bases(
     fields: Sequence[str],
     sim_trajs: Sequence[Trajectory],
     options: physguard.PhysGuardOptions | None = None,
-    channels: str = "auto",
-    families: Sequence[str] | None = None,
 ) -> dict[str, torch.Tensor]:
     """PhysGuard's protected bases of the checkpoint, from per-sample gradients on its simulation data.
 
     Computed once per study: they depend on the checkpoint and the simulation data, not on the shots.
     The simulation pairs are normalised with their own statistics, as in pretraining.
     """
-    net, layout = load_for_fields(model, fields, channels=channels, families=families)
+    net, layout = load_for_fields(model, fields, channels="same")  # PhysGuard keeps the checkpoint's channels
     sim = pair_dataset(sim_trajs, layout, Normalizer.from_trajectories(sim_trajs))
     return physguard.compute_bases(net, sim, options)
 
@@ -149,7 +147,7 @@ def fit_candidate(
         if isinstance(opts, physguard.PhysGuardOptions) and alpha is not None:
             opts = replace(opts, alpha=alpha)
         pdes = [t.pde for t in [*train_trajs, *val_trajs]]
-        net, layout = load_for_fields(model, fields, channels=channels, families=pdes)
+        net, layout = load_for_fields(model, fields, channels=spec.channel_mode(channels), families=pdes)
         families = extend_vocabulary(net, [t.pde for t in [*train_trajs, *val_trajs]])
         context = MethodContext(
             pairs=lambda trajs: pair_dataset(

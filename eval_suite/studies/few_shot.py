@@ -156,9 +156,7 @@ def run_few_shot(
         )
         sim = load_trajectories(cfg.sim_data)
         sim = random.Random(cfg.split_seed).sample(sim, min(cfg.sim_trajectories, len(sim)))
-        bases = physguard_bases(
-            model, trajs[0].fields, sim, cfg.physguard, channels=cfg.channels, families=[t.pde for t in trajs]
-        )
+        bases = physguard_bases(model, trajs[0].fields, sim, cfg.physguard)
 
     results: dict = {name: {} for name in candidates}
     tuned: dict[str, dict] = {}

@@ -1,4 +1,9 @@
-"""Full fine-tuning with Poseidon's learning-rate groups (paper C.1, `scOT/trainer.py::create_optimizer`).
+"""Full fine-tuning with Poseidon's parameter groups (paper C.1, `scOT/trainer.py::create_optimizer`).
+
+pdefm's default gives every group one rate, 5e-4 (the from-scratch baselines' rate): with a few hundred
+steps Poseidon's rates (backbone 5e-5, embedding and time norms 5e-4) left the backbone almost where
+pretraining put it, and pretrained models lost to the same model from scratch (docs/transfer.md).
+Poseidon's recipe is `FullOptions(lr_backbone=5e-5)`.
 
 Groups, checked in this order:
 1. names containing "embeddings" or "patch_recovery" (incl. the embedding's time-LN): `lr_embedding`, decayed;
@@ -22,9 +27,9 @@ PLAIN_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.Ba
 
 @dataclass
 class FullOptions:
-    """Poseidon's fine-tuning learning rates and weight decay."""
+    """Learning rates and weight decay of Poseidon's parameter groups (one rate by default, see the module doc)."""
 
-    lr_backbone: float = 5e-5
+    lr_backbone: float = 5e-4
     """Learning rate of the backbone (`--lr` sets it)."""
     lr_embedding: float = 5e-4
     """Learning rate of the embedding and recovery layers."""
@@ -92,7 +97,7 @@ class Full(Method):
 
     name = "full"
     Options = FullOptions
-    summary = "every parameter trained, with Poseidon's learning-rate groups (paper C.1)."
+    summary = "every parameter trained, in Poseidon's parameter groups (paper C.1), one rate by default."
     lr_field = "lr_backbone"
 
     def prepare(self, model: nn.Module, options: FullOptions, context: MethodContext):

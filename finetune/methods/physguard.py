@@ -391,6 +391,9 @@ class PhysGuard(Method):
         "the simulation data (PhysGuard), so that what the model knows of it is kept."
     )
     lr_field = "lr_backbone"
+    keeps_channels = True
+    """Its bases protect what the pretrained embedding, recovery and backbone compute on the simulation
+    data, through the checkpoint's own channels: fresh channels would replace what it protects."""
 
     def prepare(self, model: nn.Module, options: PhysGuardOptions, context: MethodContext):
         if "bases" not in context.state:

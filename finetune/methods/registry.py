@@ -69,6 +69,16 @@ class Method:
     """Keys of `save`'s result, the first present being the folder pushed to the Hub."""
     candidate: ClassVar[bool] = True
     """Whether the few-shot study can run it as a candidate (it trains the model on the shots)."""
+    keeps_channels: ClassVar[bool] = False
+    """Whether it needs the checkpoint's own channels (channels "auto" then means "same", "fresh" is refused)."""
+
+    def channel_mode(self, channels: str) -> str:
+        """The channel mode this method trains with when `channels` is asked for."""
+        if self.keeps_channels and channels == "fresh":
+            raise ValueError(
+                f"method {self.name!r} keeps the checkpoint's own channels; use channels 'same' or 'auto'"
+            )
+        return "same" if self.keeps_channels else channels
 
     def prepare(self, model: nn.Module, options: Any, context: MethodContext) -> tuple[nn.Module, list[dict]]:
         """The module to train (may wrap `model`) and its optimizer parameter groups."""
