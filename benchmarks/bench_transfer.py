@@ -221,7 +221,11 @@ def _pm(v) -> str:
 
 
 def _scale(rows: dict, name: str) -> str:
-    return f" (×{rows[name]['lr_scale']:.3g})" if name in rows else ""
+    """` (×factor)`, with `, edge` when the search ended on the largest or smallest factor it tried."""
+    if name not in rows:
+        return ""
+    edge = ", edge" if rows[name]["tuning"].get("at_edge") else ""
+    return f" (×{rows[name]['lr_scale']:.3g}{edge})"
 
 
 def print_table(results: list[dict], methods: list[str]) -> str:
@@ -243,7 +247,7 @@ def print_table(results: list[dict], methods: list[str]) -> str:
         for res in results:
             rows = res["candidates"]
             cells = [
-                f"{_pm(summarize(res, methods).get(m))} (×{rows[m]['lr_scale']:.3g})" if m in rows else "-"
+                f"{_pm(summarize(res, methods).get(m))}{_scale(rows, m)}" if m in rows else "-"
                 for m in others
             ]
             lines.append(f"| {res['family']} | " + " | ".join(cells) + " |")
@@ -283,6 +287,7 @@ def main() -> None:
         help="Built-in families of the pretraining corpus, or 'all' (every one that converges at 32^2).",
     )
     p.add_argument("--pretrain-lr", type=float, default=1e-3)
+    p.add_argument("--pretrain-trajectories", type=int, default=24, help="Per pretraining family.")
     p.add_argument("--cache", type=Path, default=transfer_data.DEFAULT_CACHE)
     p.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared).")
     p.add_argument("--out", type=Path, default=None, help="Write results JSON here.")
@@ -308,7 +313,9 @@ def main() -> None:
             else tuple(args.pretrain_families.split(","))
         )
         model = ensure_checkpoint(
-            PretrainSpec(pf, steps=args.pretrain_steps, lr=args.pretrain_lr),
+            PretrainSpec(
+                pf, trajectories=args.pretrain_trajectories, steps=args.pretrain_steps, lr=args.pretrain_lr
+            ),
             args.cache.expanduser(),
             threads=args.threads,
         )
