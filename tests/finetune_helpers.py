@@ -62,7 +62,7 @@ def pretrained_on_diffusion():
         field_names=LAYOUT,
         channel_slice_list_normalized_loss=[0, 1, 2],
     )
-    train(model, train_pairs, val_pairs, config=TrainConfig(epochs=8, batch_size=8, lr=2e-3))
+    train(model, train_pairs, val_pairs, config=TrainConfig(epochs=8, batch_size=8, lr=2e-3, warmup_steps=0))
     return model, train_pairs, val_pairs, norm
 
 
