@@ -59,7 +59,7 @@ class PretrainSpec:
     """How the cached checkpoint is made: built-in families, trajectories each, grid, snapshots, steps."""
 
     families: tuple[str, ...]
-    trajectories: int = 24
+    trajectories: int = 96
     resolution: int = 32
     snapshots: int = 11
     steps: int = 3000
@@ -287,7 +287,7 @@ def main() -> None:
         help="Built-in families of the pretraining corpus, or 'all' (every one that converges at 32^2).",
     )
     p.add_argument("--pretrain-lr", type=float, default=1e-3)
-    p.add_argument("--pretrain-trajectories", type=int, default=24, help="Per pretraining family.")
+    p.add_argument("--pretrain-trajectories", type=int, default=96, help="Per pretraining family.")
     p.add_argument("--cache", type=Path, default=transfer_data.DEFAULT_CACHE)
     p.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared).")
     p.add_argument("--out", type=Path, default=None, help="Write results JSON here.")
