@@ -8,14 +8,16 @@ its own learning-rate factor, chosen on the validation split of the first seed f
 (`eval_suite.studies.tuning`). A family counts only when some trained candidate beats persistence.
 
 The pretrained tiny checkpoint is made on first use, with `pdefm data generate` and `pdefm pretrain` on
-pdefm's own built-in families, and cached beside the data (or passed with `--checkpoint`).
+pdefm's own reaction-diffusion families (`--pretrain-families all` for every one), and cached beside the
+data (or passed with `--checkpoint`).
 
-    python benchmarks/bench_transfer.py                          # the issue's table: 32 shots, 3 seeds
+    python benchmarks/bench_transfer.py                          # the table: 32 shots, 3 seeds
     python benchmarks/bench_transfer.py --families brusselator --seeds 0 --steps 200   # a quick look
 
-Experiment switches (one change at a time, see docs/transfer.md): `--channels fresh` (new embedding and
-recovery channels instead of the same-named pretrained ones), `--warmup`, `--full key=value,...`
-(`FullOptions`), `--lora key=value,...` (`LoraOptions`), `--grid` (learning-rate factors).
+Experiment switches (one change at a time, see docs/transfer.md): `--channels auto|same|fresh` (new
+embedding and recovery channels or the same-named pretrained ones), `--warmup`, `--full key=value,...`
+(`FullOptions`), `--lora key=value,...` (`LoraOptions`), `--rename u=a,...` (map fields onto other
+names), `--grid` (learning-rate factors), `--pretrain-families/-trajectories/-steps/-lr`.
 """
 
 from __future__ import annotations
