@@ -91,7 +91,10 @@ def _pdefm(*args: str, threads: int) -> None:
 def ensure_checkpoint(spec: PretrainSpec, cache: Path, threads: int = 1) -> Path:
     """The pretrained model folder for `spec`, generated and pretrained on first use."""
     corpus = cache / f"corpus-{spec.key()}"
-    run = cache / (f"pretrain-{spec.key()}-s{spec.steps}" + ("" if spec.lr == 1e-3 else f"-lr{spec.lr:g}"))
+    lr = (
+        "" if spec.lr == PretrainSpec.lr else f"-lr{spec.lr:g}"
+    )  # folder names of default-rate runs unchanged
+    run = cache / f"pretrain-{spec.key()}-s{spec.steps}{lr}"
     model = run / "model"
     if (model / "config.json").is_file():
         return model
@@ -282,14 +285,16 @@ def main() -> None:
     p.add_argument("--full", default=None, help="FullOptions overrides, e.g. lr_backbone=2e-4")
     p.add_argument("--lora", default=None, help="LoraOptions overrides, e.g. rank=16,alpha=32")
     p.add_argument("--checkpoint", type=Path, default=None, help="Use this model folder (no pretraining).")
-    p.add_argument("--pretrain-steps", type=int, default=3000)
+    p.add_argument("--pretrain-steps", type=int, default=PretrainSpec.steps)
     p.add_argument(
         "--pretrain-families",
         default=",".join(REACTION_DIFFUSION),
         help="Built-in families of the pretraining corpus, or 'all' (every one that converges at 32^2).",
     )
-    p.add_argument("--pretrain-lr", type=float, default=1e-3)
-    p.add_argument("--pretrain-trajectories", type=int, default=96, help="Per pretraining family.")
+    p.add_argument("--pretrain-lr", type=float, default=PretrainSpec.lr)
+    p.add_argument(
+        "--pretrain-trajectories", type=int, default=PretrainSpec.trajectories, help="Per pretraining family."
+    )
     p.add_argument("--cache", type=Path, default=transfer_data.DEFAULT_CACHE)
     p.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared).")
     p.add_argument("--out", type=Path, default=None, help="Write results JSON here.")

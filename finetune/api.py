@@ -175,16 +175,17 @@ def finetune(
 
     trajs = load_trajectories(data, fields=inp.fields, format=inp.format)
     split = split_trajectories(trajs, shots, inp.n_val, inp.n_test, cfg.seed)
+    pdes = [t.pde for t in trajs]
     net, channels = load_for_fields(
         model,
         _union_fields(trajs),
         allow_surgery=inp.allow_surgery,
         revision=inp.revision,
         channels=spec.channel_mode(inp.channels),
-        families=[t.pde for t in trajs],
+        families=pdes,
     )
     normalizer = _normalizer(inp.normalization, split.train)
-    families = extend_vocabulary(net, [t.pde for t in trajs])
+    families = extend_vocabulary(net, pdes)
     norm_json = json.dumps(normalizer.to_dict() if normalizer else {}, indent=2)
 
     def pairs(part: Sequence[Trajectory]):

@@ -251,3 +251,5 @@ def test_physguard_refuses_fresh_channels():
 
     with pytest.raises(ValueError, match="'physguard' keeps the checkpoint's own channels"):
         get_method("physguard").channel_mode("fresh")
+    with pytest.raises(ValueError, match="channels must be one of"):
+        get_method("physguard").channel_mode("new")  # checked even where the method keeps its channels

@@ -126,12 +126,13 @@ def fit_candidate(
 ) -> tuple[TrainedOperator, TrainResult]:
     """Build candidate `name`, train it on the all2all pairs of `train_trajs` and keep its best validation epoch.
 
-        A method is prepared by the registry with `options` (its options dataclass, default its defaults) and
-        `state` (what it computed once per study); `bases` (from `physguard_bases`) and `alpha` are PhysGuard's
-        protected directions and strength, for methods with PhysGuard's options. `lr_scale` multiplies the
-        candidate's learning rates (a method's group rates, a baseline's `budget.lr`), the knob a learning-rate
-        search turns; `channels` is how a method maps the fields onto the checkpoint ("auto", "same" or "fresh",
-    `finetune.channels`); `baseline_options` size a baseline (e.g. `modes`, `width`); seeded, so a run is reproducible.
+    A method is prepared by the registry with `options` (its options dataclass, default its defaults) and
+    `state` (what it computed once per study); `bases` (from `physguard_bases`) and `alpha` are PhysGuard's
+    protected directions and strength, for methods with PhysGuard's options. `lr_scale` multiplies the
+    candidate's learning rates (a method's group rates, a baseline's `budget.lr`), the knob a learning-rate
+    search turns; `channels` is how a method maps the fields onto the checkpoint ("auto", "same" or
+    "fresh", `finetune.channels`); `baseline_options` size a baseline (e.g. `modes`, `width`); seeded, so a
+    run is reproducible.
     """
     if not lr_scale > 0:
         raise ValueError(f"candidate {name!r}: lr_scale must be positive, got {lr_scale}")
@@ -148,7 +149,7 @@ def fit_candidate(
             opts = replace(opts, alpha=alpha)
         pdes = [t.pde for t in [*train_trajs, *val_trajs]]
         net, layout = load_for_fields(model, fields, channels=spec.channel_mode(channels), families=pdes)
-        families = extend_vocabulary(net, [t.pde for t in [*train_trajs, *val_trajs]])
+        families = extend_vocabulary(net, pdes)
         context = MethodContext(
             pairs=lambda trajs: pair_dataset(
                 trajs, layout, normalizer, stride=budget.stride, families=families

@@ -24,6 +24,8 @@ from typing import Any, ClassVar
 from torch import nn
 from torch.utils.data import Dataset
 
+from finetune.channels import check_channel_mode
+
 ENTRY_POINT_GROUP = "pdefm.methods"
 BUILTIN = ("full", "lora", "meta", "physguard")
 
@@ -74,7 +76,7 @@ class Method:
 
     def channel_mode(self, channels: str) -> str:
         """The channel mode this method trains with when `channels` is asked for."""
-        if self.keeps_channels and channels == "fresh":
+        if check_channel_mode(channels) == "fresh" and self.keeps_channels:
             raise ValueError(
                 f"method {self.name!r} keeps the checkpoint's own channels; use channels 'same' or 'auto'"
             )
