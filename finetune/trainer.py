@@ -11,6 +11,7 @@ A `grad_transform` runs after clipping and before the optimizer step (PhysGuard 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -20,7 +21,6 @@ import torch
 from safetensors.torch import load_file, save
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from transformers import get_cosine_schedule_with_warmup
 
 from data_pipelines.atomic import write_bytes_atomic
 from foundation.pretrain.optimization import adamw
@@ -114,6 +114,37 @@ def default_param_groups(model: nn.Module, lr: float, weight_decay: float) -> li
     """One group holding every trainable parameter."""
     params = [p for p in model.parameters() if p.requires_grad]
     return [{"name": "all", "params": params, "lr": lr, "weight_decay": weight_decay}]
+
+
+def _group_multiplier(step: int, *, start: int, warmup: int, total: int) -> float:
+    """One group's learning-rate factor: 0 before `start`, then a linear warm-up over `warmup` steps and a
+    cosine decay to 0 at `total` (transformers' cosine-with-warm-up schedule when `start` is 0)."""
+    step -= start
+    if step < 0:
+        return 0.0
+    if step < warmup:
+        return step / max(1, warmup)
+    progress = (step - warmup) / max(1, total - start - warmup)
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def group_schedule(
+    optimizer: torch.optim.Optimizer, warmup: int, total: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Warm-up and cosine decay per parameter group; a group with `"frozen_fraction": f` stays at rate 0 for
+    the first `f` of the steps and then warms up (linear probing before fine-tuning, LP-FT)."""
+    lambdas = []
+    for group in optimizer.param_groups:
+        frozen = float(group.get("frozen_fraction", 0.0))
+        if not 0.0 <= frozen < 1.0:
+            raise ValueError(
+                f"parameter group {group.get('name', '?')!r}: frozen_fraction must be in [0, 1), got {frozen}"
+            )
+        start = round(frozen * total)
+        lambdas.append(
+            functools.partial(_group_multiplier, start=start, warmup=min(warmup, total - start), total=total)
+        )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
 
 
 def _make_optimizer(cfg: TrainConfig, groups: list[dict]) -> torch.optim.Optimizer:
@@ -245,7 +276,7 @@ def train(
     run_cfg = dataclasses.replace(cfg, max_steps=total_steps, log_every=steps_per_epoch)
     optimizer = _make_optimizer(cfg, groups)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else total_steps // 10
-    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, max(total_steps, 1))
+    scheduler = group_schedule(optimizer, warmup, max(total_steps, 1))
     hooks = hooks or FinetuneHooks(val_data, cfg, steps_per_epoch, grad_transform, log)
     trainer = Trainer(
         run_cfg,

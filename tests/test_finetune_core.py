@@ -18,7 +18,7 @@ from finetune.channels import load_for_fields, plan_channels, resolve_channel_mo
 from finetune.data import load_trajectories, split_trajectories
 from finetune.methods.full import FullOptions, poseidon_param_groups
 from finetune.predict import predict, rollout
-from finetune.trainer import TrainConfig, train
+from finetune.trainer import TrainConfig, group_schedule, train
 
 
 def _trajs(n: int) -> list[Trajectory]:
@@ -179,6 +179,57 @@ def test_trainer_keeps_best_epoch_and_is_seeded():
     result = train(start, _examples(-1.0), _examples(2.0), config=cfg)
     assert result.best_epoch == 0 and float(start.w.detach()) == 2.0
     assert result.history[-1]["val_loss"] > result.initial_val_loss
+
+
+@pytest.mark.parametrize("frozen", [0.0, 0.25])
+def test_group_schedule_is_transformers_cosine_after_a_frozen_start(frozen):
+    from transformers import get_cosine_schedule_with_warmup
+
+    def rates(make, groups):
+        opt = torch.optim.SGD(groups, lr=1.0)
+        sched, out = make(opt), []
+        for _ in range(100):
+            out.append(sched.get_last_lr())
+            opt.step()
+            sched.step()
+        return np.array(out)
+
+    p, q = nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))
+    ours = rates(
+        lambda o: group_schedule(o, 10, 100), [{"params": [p]}, {"params": [q], "frozen_fraction": frozen}]
+    )
+    reference = rates(lambda o: get_cosine_schedule_with_warmup(o, 10, 100), [p])[:, 0]
+    np.testing.assert_allclose(ours[:, 0], reference, atol=1e-12)
+    start = round(frozen * 100)
+    assert (ours[: start + 1, 1] == 0).all() and ours[start + 10, 1] == pytest.approx(1.0)
+    assert ours[start + 1 :, 1].min() >= 0 and ours[-1, 1] < 0.01  # warms up, then decays to ~0 by the end
+
+
+class TwoScales(nn.Module):
+    """y = body * (head * x): two parameters for two parameter groups."""
+
+    def __init__(self):
+        super().__init__()
+        self.head, self.body = Scale(1.0), Scale(0.0)
+
+    def forward(self, pixel_values, time, labels=None, **_):
+        return self.body(self.head.w * pixel_values, time, labels=labels)
+
+
+def test_frozen_group_does_not_move_before_its_start():
+    model, seen = TwoScales(), []
+    groups = [
+        {"name": "head", "params": [model.head.w]},
+        {"name": "body", "params": [model.body.w], "frozen_fraction": 0.5},
+    ]
+    cfg = TrainConfig(epochs=8, batch_size=4, lr=0.1, max_grad_norm=0.0, warmup_steps=0)
+    train(model, _examples(2.0), _examples(2.0), config=cfg, param_groups=groups,
+          grad_transform=lambda m: seen.append((float(m.head.w), float(m.body.w))))  # fmt: skip
+    assert len(seen) == 16  # 2 steps per epoch; the body's first update is step 8's
+    assert all(body == 0.0 for _, body in seen[:9]) and seen[9][1] != 0.0
+    assert seen[1][0] != 1.0  # the head trains from the first step
+    with pytest.raises(ValueError, match="frozen_fraction"):
+        group_schedule(torch.optim.SGD([{"params": [model.body.w], "frozen_fraction": 1.0}], lr=1.0), 0, 10)
 
 
 class Decay(nn.Module):

@@ -37,6 +37,9 @@ class FullOptions:
     """Learning rate of the time-conditioned norms' gamma(t)/beta(t)."""
     weight_decay: float = 1e-6
     """AdamW weight decay (not on biases, norms and time norms)."""
+    backbone_frozen: float = 0.0
+    """Fraction of the steps during which only the embedding and recovery train, before every group warms
+    up (LP-FT: new channel layers fit before their gradients reach the pretrained backbone)."""
 
 
 def time_norm_parameters(model: nn.Module) -> set[str]:
@@ -88,6 +91,8 @@ def poseidon_param_groups(model: nn.Module, options: FullOptions | None = None) 
         else:
             key = "backbone"
         groups[key]["params"].append(p)
+    for key in ("time_norms", "backbone", "backbone_no_decay"):
+        groups[key]["frozen_fraction"] = opts.backbone_frozen
     return [{"name": k, **g} for k, g in groups.items() if g["params"]]
 
 
