@@ -144,6 +144,12 @@ def test_poseidon_param_groups():
     assert member[block + "attention.self.query.bias"] == "backbone_no_decay"
     assert groups["embedding_recovery"]["lr"] == 2.0 and groups["time_norms"]["weight_decay"] == 0.0
     assert groups["backbone"]["lr"] == 1.0 and groups["backbone_no_decay"]["weight_decay"] == 0.0
+    frozen = poseidon_param_groups(model, FullOptions(backbone_frozen=0.3))
+    assert {g["name"]: g["frozen_fraction"] for g in frozen if "frozen_fraction" in g} == {
+        "time_norms": 0.3, "backbone": 0.3, "backbone_no_decay": 0.3
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="backbone_frozen"):
+        FullOptions(backbone_frozen=1.0)
 
 
 class Scale(nn.Module):

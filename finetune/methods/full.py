@@ -41,6 +41,10 @@ class FullOptions:
     """Fraction of the steps during which only the embedding and recovery train, before every group warms
     up (LP-FT: new channel layers fit before their gradients reach the pretrained backbone)."""
 
+    def __post_init__(self):
+        if not 0.0 <= self.backbone_frozen < 1.0:
+            raise ValueError(f"backbone_frozen must be in [0, 1), got {self.backbone_frozen}")
+
 
 def time_norm_parameters(model: nn.Module) -> set[str]:
     """Names of the gamma(t)/beta(t) parameters of time-conditioned norms.
