@@ -8,8 +8,10 @@ its own learning-rate factor, chosen on the validation split of the first seed f
 (`eval_suite.studies.tuning`). A family counts only when some trained candidate beats persistence.
 
 The pretrained tiny checkpoint is made on first use, with `pdefm data generate` and `pdefm pretrain` on
-pdefm's own reaction-diffusion families (`--pretrain-families all` for every one), and cached beside the
-data (or passed with `--checkpoint`).
+pdefm's own reaction-diffusion families (`--pretrain-families all` for every one; 9000 steps at learning
+rate 1e-2, about 15 minutes on one core), and cached beside the data (or passed with `--checkpoint`).
+Fields named like a pretrained field (Cahn-Hilliard's `s`, Brusselator's `a, b`) use its channel
+(`--channels same`); the others get fresh embedding and recovery channels.
 
     python benchmarks/bench_transfer.py                          # the table: 32 shots, 3 seeds
     python benchmarks/bench_transfer.py --families brusselator --seeds 0 --steps 200   # a quick look
@@ -64,7 +66,8 @@ class PretrainSpec:
     trajectories: int = 96
     resolution: int = 32
     snapshots: int = 11
-    steps: int = 3000
+    steps: int = 9000
+    """3x the quickstart-sized 3000: brusselator reached 0.9 x scratch only with the longer run (docs/transfer.md)."""
     batch_size: int = 16
     lr: float = 1e-2
     """Tiny scOT at 32^2 transferred best pretrained at 1e-2 (3e-3 and 1e-3 less, 3e-2 worse than scratch;
@@ -283,7 +286,12 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=None, help="Warm-up steps (default: the trainer's tenth).")
     p.add_argument("--grid", default="1,3,9", help="Learning-rate factors tried per candidate.")
     p.add_argument("--extend", type=int, default=2, help="Extra factors tried past a winning grid edge.")
-    p.add_argument("--channels", choices=("auto", "same", "fresh"), default="auto")
+    p.add_argument(
+        "--channels",
+        choices=("auto", "same", "fresh"),
+        default="same",
+        help="same: fields named like a pretrained field (s, a, b) use its channel, others get fresh ones.",
+    )
     p.add_argument("--rename", default=None, help="Field renaming before mapping, e.g. u=a,v=b")
     p.add_argument("--full", default=None, help="FullOptions overrides, e.g. lr_backbone=2e-4")
     p.add_argument("--lora", default=None, help="LoraOptions overrides, e.g. rank=16,alpha=32")
