@@ -46,6 +46,7 @@ from eval_suite.protocol import forecast, persistence, score  # noqa: E402
 from eval_suite.studies.candidates import METHODS, Budget, fit_candidate, scratch_options  # noqa: E402
 from eval_suite.studies.splits import draw_shots, split_test  # noqa: E402
 from eval_suite.studies.tuning import tune_candidate  # noqa: E402
+from finetune.channels import CHANNEL_MODES  # noqa: E402
 from finetune.methods.full import FullOptions  # noqa: E402
 from finetune.methods.lora import LoraOptions  # noqa: E402
 
@@ -288,7 +289,7 @@ def main() -> None:
     p.add_argument("--extend", type=int, default=2, help="Extra factors tried past a winning grid edge.")
     p.add_argument(
         "--channels",
-        choices=("auto", "same", "fresh"),
+        choices=CHANNEL_MODES,
         default="same",
         help="same: fields named like a pretrained field (s, a, b) use its channel, others get fresh ones.",
     )
